@@ -1,0 +1,50 @@
+//! Names and layouts of the BPF maps both sides open, so they cannot drift apart.
+
+/// The `RingBuf` of [`crate::PortEvent`]s.
+pub const EVENTS_MAP: &str = "PORT_EVENTS";
+/// The `PerCpuArray<u64>` of counters indexed by [`counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// The `Array<FilterConfig>` with one entry: the name prefixes the filter keeps.
+pub const FILTER_MAP: &str = "FILTER_CONFIG";
+/// Name of the socket filter program in the object file.
+pub const PROGRAM_NAME: &str = "portsyncd_link_filter";
+
+/// Indices into the counters map.
+pub mod counter {
+    /// Events written into the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Ring reserve failed: the message was let through to the socket instead.
+    pub const RING_FULL: u32 = 1;
+    /// Link messages dropped because their name matched no prefix.
+    pub const FILTERED: u32 = 2;
+    /// Messages the program could not parse and let through to the socket.
+    pub const PARSE_ERROR: u32 = 3;
+    /// Messages that were not RTM_NEWLINK/RTM_DELLINK, let through untouched.
+    pub const NOT_LINK: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 5;
+}
+
+/// Maximum number of name prefixes the kernel filter checks.
+pub const MAX_PREFIXES: usize = 4;
+/// Maximum length of one prefix.
+pub const PREFIX_LEN: usize = 16;
+
+/// The filter's configuration, written by the daemon before attaching the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// How many entries of `prefixes` are in use; 0 means "keep every name".
+    pub prefix_count: u32,
+    /// Length of each prefix in bytes.
+    pub prefix_lens: [u8; MAX_PREFIXES],
+    /// The prefixes, zero-padded.
+    pub prefixes: [[u8; PREFIX_LEN]; MAX_PREFIXES],
+}
+
+const _: () = assert!(core::mem::size_of::<FilterConfig>() == 8 + MAX_PREFIXES * PREFIX_LEN);
+
+#[cfg(feature = "user")]
+// SAFETY: FilterConfig is repr(C), Copy, has no implicit padding and every bit pattern is valid.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for FilterConfig {}

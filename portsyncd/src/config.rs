@@ -1,0 +1,375 @@
+//! Command line, environment and TOML file -> one validated [`Config`].
+//!
+//! Precedence: command-line flag, then environment variable, then config file, then default.
+//! Every value is validated here, and an error names the key that is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+/// Where SONiC keeps the database layout.
+pub const DEFAULT_DATABASE_CONFIG: &str = "/var/run/redis/sonic-db/database_config.json";
+/// Seconds to wait for the end of the initial dump before completing initial sync anyway.
+pub const DEFAULT_EOIU_TIMEOUT_SECS: u64 = 10;
+/// The C++ daemon's receive buffer (swss-common sets 16 MiB).
+pub const DEFAULT_RCVBUF: usize = 16 * 1024 * 1024;
+/// Most events drained into one batch.
+pub const DEFAULT_BATCH_MAX: usize = 4096;
+/// Where the warm-restart port-state file lives.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/sonic/portsyncd/port_state.json";
+/// Timestamped backups kept of the state file.
+pub const DEFAULT_STATE_BACKUPS: usize = 10;
+/// State files older than this are stale.
+pub const DEFAULT_STATE_MAX_AGE_DAYS: u64 = 7;
+/// How often the state file is saved while running (it is also saved after initial sync and on exit).
+pub const DEFAULT_STATE_SAVE_INTERVAL_SECS: u64 = 60;
+/// Length of one interval in the HdrHistogram interval log.
+pub const DEFAULT_HISTOGRAM_INTERVAL_SECS: u64 = 10;
+/// Interrupted (NLM_F_DUMP_INTR) dumps are repeated at most this often before the last one is used.
+pub const DEFAULT_DUMP_RETRIES: u32 = 5;
+
+/// How link events are captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Try eBPF; fall back to netlink with one log line naming the reason.
+    Auto,
+    /// eBPF socket filter + ring buffer; fail if it cannot load.
+    Ebpf,
+    /// Plain netlink socket only.
+    Netlink,
+}
+
+/// Command-line flags. Every value is optional here so that the environment and the config
+/// file can fill what the command line leaves out.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "portsyncd", version, about = "SONiC portsyncd: kernel port state -> Redis")]
+pub struct Args {
+    /// SONiC database_config.json (unix socket or TCP per its INSTANCES).
+    #[arg(long, env = "PORTSYNCD_DATABASE_CONFIG", value_name = "PATH")]
+    pub database_config: Option<PathBuf>,
+    /// Redis URL for development (redis://127.0.0.1:6379, unix:///path/redis.sock); standard DB ids.
+    #[arg(long, env = "PORTSYNCD_REDIS", value_name = "URL", conflicts_with = "database_config")]
+    pub redis: Option<String>,
+    /// TOML config file; keys are the long flag names with underscores.
+    #[arg(long, env = "PORTSYNCD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Capture mode.
+    #[arg(long, env = "PORTSYNCD_CAPTURE", value_enum)]
+    pub capture: Option<CaptureMode>,
+    /// Seconds to wait for the initial dump's NLMSG_DONE (EOIU).
+    #[arg(long, env = "PORTSYNCD_EOIU_TIMEOUT_SECS", value_name = "SECS")]
+    pub eoiu_timeout_secs: Option<u64>,
+    /// Receive buffer of the event socket in bytes (SO_RCVBUFFORCE when permitted).
+    #[arg(long, env = "PORTSYNCD_RCVBUF", value_name = "BYTES")]
+    pub rcvbuf: Option<usize>,
+    /// Most events drained into one batch.
+    #[arg(long, env = "PORTSYNCD_BATCH_MAX", value_name = "N")]
+    pub batch_max: Option<usize>,
+    /// eBPF ring buffer size in bytes (power of two, at least one page).
+    #[arg(long, env = "PORTSYNCD_RING_BYTES", value_name = "BYTES")]
+    pub ring_bytes: Option<u32>,
+    /// Warm-restart port-state file.
+    #[arg(long, env = "PORTSYNCD_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+    /// Timestamped backups of the state file to keep.
+    #[arg(long, env = "PORTSYNCD_STATE_BACKUPS", value_name = "N")]
+    pub state_backups: Option<usize>,
+    /// Days after which a state file is stale and removed.
+    #[arg(long, env = "PORTSYNCD_STATE_MAX_AGE_DAYS", value_name = "DAYS")]
+    pub state_max_age_days: Option<u64>,
+    /// Seconds between periodic state-file saves.
+    #[arg(long, env = "PORTSYNCD_STATE_SAVE_INTERVAL_SECS", value_name = "SECS")]
+    pub state_save_interval_secs: Option<u64>,
+    /// Write an HdrHistogram V2 interval log here.
+    #[arg(long, env = "PORTSYNCD_HISTOGRAM_LOG", value_name = "PATH")]
+    pub histogram_log: Option<PathBuf>,
+    /// Seconds per interval of the histogram log.
+    #[arg(long, env = "PORTSYNCD_HISTOGRAM_INTERVAL_SECS", value_name = "SECS")]
+    pub histogram_interval_secs: Option<u64>,
+    /// Write a JSON snapshot of counters and latency here (atomically, at most every 200 ms).
+    #[arg(long, env = "PORTSYNCD_STATS_FILE", value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
+    /// Serve Prometheus text metrics on this loopback address (opt-in).
+    #[arg(long, env = "PORTSYNCD_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Test hook: ignore the initial dump's NLMSG_DONE so that the EOIU timeout path runs.
+    #[arg(long, hide = true)]
+    pub test_hold_eoiu: bool,
+}
+
+/// The optional TOML file. Same keys as the long flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_config: Option<PathBuf>,
+    redis: Option<String>,
+    capture: Option<CaptureMode>,
+    eoiu_timeout_secs: Option<u64>,
+    rcvbuf: Option<usize>,
+    batch_max: Option<usize>,
+    ring_bytes: Option<u32>,
+    state_file: Option<PathBuf>,
+    state_backups: Option<usize>,
+    state_max_age_days: Option<u64>,
+    state_save_interval_secs: Option<u64>,
+    histogram_log: Option<PathBuf>,
+    histogram_interval_secs: Option<u64>,
+    stats_file: Option<PathBuf>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// SONiC's database_config.json.
+    DatabaseConfig(PathBuf),
+    /// One server holding every database under its standard id.
+    Url(String),
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where Redis is.
+    pub redis: RedisTarget,
+    /// Capture mode.
+    pub capture: CaptureMode,
+    /// EOIU timeout.
+    pub eoiu_timeout: Duration,
+    /// Event socket receive buffer.
+    pub rcvbuf: usize,
+    /// Batch bound.
+    pub batch_max: usize,
+    /// eBPF ring size.
+    pub ring_bytes: u32,
+    /// Warm-restart state file.
+    pub state_file: PathBuf,
+    /// Backups kept.
+    pub state_backups: usize,
+    /// Stale age.
+    pub state_max_age: Duration,
+    /// Periodic save interval.
+    pub state_save_interval: Duration,
+    /// HdrHistogram interval log.
+    pub histogram_log: Option<PathBuf>,
+    /// Interval log period.
+    pub histogram_interval: Duration,
+    /// JSON stats snapshot.
+    pub stats_file: Option<PathBuf>,
+    /// Prometheus listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Interrupted-dump retry bound.
+    pub dump_retries: u32,
+    /// Test hook, see [`Args::test_hold_eoiu`].
+    pub test_hold_eoiu: bool,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML file is malformed or has an unknown key.
+    #[error("invalid config file {path}")]
+    ParseFile {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The flag / key name.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.into() }
+}
+
+impl Config {
+    /// Merges flags (already merged with the environment by clap), the optional config file and
+    /// defaults, then validates.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let redis = match (args.redis.or(file.redis), args.database_config.or(file.database_config)) {
+            (Some(url), None) => RedisTarget::Url(validate_redis_url(url)?),
+            (None, Some(path)) => RedisTarget::DatabaseConfig(path),
+            (None, None) => RedisTarget::DatabaseConfig(PathBuf::from(DEFAULT_DATABASE_CONFIG)),
+            (Some(_), Some(_)) => {
+                return Err(invalid("redis", "give either `redis` or `database_config`, not both"))
+            }
+        };
+        let eoiu = args.eoiu_timeout_secs.or(file.eoiu_timeout_secs).unwrap_or(DEFAULT_EOIU_TIMEOUT_SECS);
+        if eoiu == 0 || eoiu > 3600 {
+            return Err(invalid("eoiu_timeout_secs", format!("{eoiu} is not in 1..=3600")));
+        }
+        let rcvbuf = args.rcvbuf.or(file.rcvbuf).unwrap_or(DEFAULT_RCVBUF);
+        if !(1024..=1 << 30).contains(&rcvbuf) {
+            return Err(invalid("rcvbuf", format!("{rcvbuf} is not in 1024..=1073741824")));
+        }
+        let batch_max = args.batch_max.or(file.batch_max).unwrap_or(DEFAULT_BATCH_MAX);
+        if !(1..=1 << 20).contains(&batch_max) {
+            return Err(invalid("batch_max", format!("{batch_max} is not in 1..=1048576")));
+        }
+        let ring_bytes = args.ring_bytes.or(file.ring_bytes).unwrap_or(crate::ebpf::DEFAULT_RING_BYTES);
+        if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
+            return Err(invalid("ring_bytes", format!("{ring_bytes} is not a power of two >= 4096")));
+        }
+        let state_backups = args.state_backups.or(file.state_backups).unwrap_or(DEFAULT_STATE_BACKUPS);
+        if state_backups > 1000 {
+            return Err(invalid("state_backups", format!("{state_backups} is more than 1000")));
+        }
+        let max_age_days = args
+            .state_max_age_days
+            .or(file.state_max_age_days)
+            .unwrap_or(DEFAULT_STATE_MAX_AGE_DAYS);
+        if max_age_days == 0 || max_age_days > 3650 {
+            return Err(invalid("state_max_age_days", format!("{max_age_days} is not in 1..=3650")));
+        }
+        let save_secs = args
+            .state_save_interval_secs
+            .or(file.state_save_interval_secs)
+            .unwrap_or(DEFAULT_STATE_SAVE_INTERVAL_SECS);
+        if save_secs == 0 {
+            return Err(invalid("state_save_interval_secs", "must be at least 1"));
+        }
+        let hist_secs = args
+            .histogram_interval_secs
+            .or(file.histogram_interval_secs)
+            .unwrap_or(DEFAULT_HISTOGRAM_INTERVAL_SECS);
+        if hist_secs == 0 {
+            return Err(invalid("histogram_interval_secs", "must be at least 1"));
+        }
+        let metrics_addr = args.metrics_addr.or(file.metrics_addr);
+        if let Some(addr) = metrics_addr {
+            if !addr.ip().is_loopback() {
+                return Err(invalid("metrics_addr", format!("{addr} is not a loopback address")));
+            }
+        }
+        let state_file = args.state_file.or(file.state_file).unwrap_or_else(|| DEFAULT_STATE_FILE.into());
+        if state_file.file_name().is_none() {
+            return Err(invalid("state_file", format!("{} names no file", state_file.display())));
+        }
+        Ok(Self {
+            redis,
+            capture: args.capture.or(file.capture).unwrap_or(CaptureMode::Auto),
+            eoiu_timeout: Duration::from_secs(eoiu),
+            rcvbuf,
+            batch_max,
+            ring_bytes,
+            state_file,
+            state_backups,
+            state_max_age: Duration::from_secs(max_age_days * 86_400),
+            state_save_interval: Duration::from_secs(save_secs),
+            histogram_log: args.histogram_log.or(file.histogram_log),
+            histogram_interval: Duration::from_secs(hist_secs),
+            stats_file: args.stats_file.or(file.stats_file),
+            metrics_addr,
+            dump_retries: DEFAULT_DUMP_RETRIES,
+            test_hold_eoiu: args.test_hold_eoiu,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::ParseFile { path: path.to_owned(), source })
+}
+
+fn validate_redis_url(url: String) -> Result<String, ConfigError> {
+    let ok = ["redis://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p));
+    if !ok {
+        return Err(invalid("redis", format!("`{url}` is not a redis://, unix:// or redis+unix:// URL")));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["portsyncd"];
+        full.extend_from_slice(argv);
+        Config::from_args(Args::try_parse_from(full).expect("clap accepts"))
+    }
+
+    #[test]
+    fn defaults_match_the_cpp_daemon() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.redis, RedisTarget::DatabaseConfig(DEFAULT_DATABASE_CONFIG.into()));
+        assert_eq!(c.eoiu_timeout, Duration::from_secs(10));
+        assert_eq!(c.rcvbuf, 16 * 1024 * 1024);
+        assert_eq!(c.capture, CaptureMode::Auto);
+    }
+
+    #[test]
+    fn unknown_flag_is_rejected() {
+        assert!(Args::try_parse_from(["portsyncd", "--bogus"]).is_err());
+    }
+
+    #[test]
+    fn redis_and_database_config_conflict() {
+        assert!(Args::try_parse_from(["portsyncd", "--redis", "unix:///x", "--database-config", "/y"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (argv, key) in [
+            (&["--eoiu-timeout-secs", "0"][..], "eoiu_timeout_secs"),
+            (&["--ring-bytes", "5000"][..], "ring_bytes"),
+            (&["--redis", "http://x"][..], "redis"),
+            (&["--metrics-addr", "10.0.0.1:9100"][..], "metrics_addr"),
+            (&["--batch-max", "0"][..], "batch_max"),
+        ] {
+            match parse(argv) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{argv:?}: expected invalid {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_out_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "eoiu_timeout_secs = 3\nbatch_max = 7\ncapture = \"netlink\"\n").unwrap();
+        let c = parse(&["--config", path.to_str().unwrap(), "--batch-max", "9"]).unwrap();
+        assert_eq!(c.eoiu_timeout, Duration::from_secs(3));
+        assert_eq!(c.batch_max, 9);
+        assert_eq!(c.capture, CaptureMode::Netlink);
+    }
+
+    #[test]
+    fn malformed_or_unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert!(matches!(parse(&["--config", path.to_str().unwrap()]), Err(ConfigError::ParseFile { .. })));
+        std::fs::write(&path, "batch_max = \"many\"\n").unwrap();
+        assert!(matches!(parse(&["--config", path.to_str().unwrap()]), Err(ConfigError::ParseFile { .. })));
+        let missing = dir.path().join("nope.toml");
+        assert!(matches!(parse(&["--config", missing.to_str().unwrap()]), Err(ConfigError::ReadFile { .. })));
+    }
+}

@@ -1,0 +1,36 @@
+//! The library's top-level error: every stage's typed error, gathered for `main` to report.
+
+/// Why the daemon stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// database_config.json.
+    #[error(transparent)]
+    Db(#[from] crate::sonic_db::SonicDbError),
+    /// Redis at start-up.
+    #[error(transparent)]
+    Redis(#[from] crate::writer::WriteError),
+    /// Netlink socket set-up.
+    #[error(transparent)]
+    Socket(#[from] crate::netlink::socket::SocketError),
+    /// The link dump.
+    #[error(transparent)]
+    Dump(#[from] crate::netlink::dump::DumpError),
+    /// Old-interface shutdown.
+    #[error(transparent)]
+    Admin(#[from] crate::netlink::admin::AdminError),
+    /// Reading events.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// `--capture ebpf` and the program could not be loaded.
+    #[error("eBPF capture required (--capture ebpf) but unavailable")]
+    EbpfRequired(#[source] crate::ebpf::EbpfError),
+    /// The histogram log.
+    #[error(transparent)]
+    Latency(#[from] crate::metrics::latency::LatencyError),
+    /// Installing a signal handler.
+    #[error("cannot install signal handler")]
+    Signal(#[source] std::io::Error),
+}

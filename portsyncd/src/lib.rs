@@ -1,0 +1,29 @@
+//! portsyncd: keeps SONiC's Redis databases equal to the kernel's view of the switch ports.
+//!
+//! Data flows one way: [`source`] (eBPF ring buffer or netlink socket, plus the
+//! [`netlink::dump`] for initial sync and resync) -> [`batch`] (coalesce per port) ->
+//! [`reconcile`] (SONiC LinkSync rules, diff against what Redis already holds) ->
+//! [`writer`] (one pipelined round trip per batch). [`daemon`] wires the stages together;
+//! [`startup`] performs the C++ daemon's start-up sequence against CONFIG_DB/APPL_DB/STATE_DB.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod batch;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod ebpf;
+pub mod error;
+pub mod linksync;
+pub mod metrics;
+pub mod netlink;
+pub mod producer;
+pub mod reconcile;
+pub mod sonic_db;
+pub mod source;
+pub mod startup;
+pub mod warm_restart;
+pub mod writer;
+
+pub use config::Config;
+pub use daemon::run;
+pub use error::Error;

@@ -1,0 +1,31 @@
+//! The `portsyncd` binary: parse flags, start logging, run the daemon, turn errors into one line
+//! and an exit code (1, as the C++ daemon exits on fatal errors; clap exits 2 on bad flags).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use portsyncd::config::{Args, Config};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portsyncd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = Config::from_args(args)?;
+    // One thread: the pipeline is one task, and a netlink socket's namespace is per process.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(portsyncd::run(cfg))?;
+    Ok(())
+}

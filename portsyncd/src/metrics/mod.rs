@@ -1,0 +1,106 @@
+//! Counters of every stage, the JSON stats snapshot (`--stats-file`), and the opt-in Prometheus
+//! text endpoint. Latency and batch histograms live in [`latency`].
+
+pub mod latency;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Event-path counters (owned by the daemon task; no atomics needed).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Counters {
+    /// Events that entered the pipeline (live + dump entries).
+    pub events: u64,
+    /// Batches flushed.
+    pub batches: u64,
+    /// Link dumps run.
+    pub dumps: u64,
+    /// Interrupted dumps repeated.
+    pub dump_intr_retries: u64,
+    /// Dumps run because state may have been lost (overrun, ring overflow, Redis back).
+    pub resyncs: u64,
+    /// ENOBUFS overruns of the event socket.
+    pub enobufs: u64,
+    /// Flushes that saw eBPF ring overflow messages on the socket.
+    pub ring_overflows: u64,
+    /// STATE_DB HSETs.
+    pub state_writes: u64,
+    /// STATE_DB DELs.
+    pub state_deletes: u64,
+    /// Changes that needed no write (Redis already held that state).
+    pub skipped_unchanged: u64,
+    /// Ports written nothing because APPL_DB has no `PORT_TABLE:<p>`.
+    pub not_in_appl: u64,
+    /// Redis commands sent by the event path.
+    pub redis_commands: u64,
+    /// Redis round trips of the event path.
+    pub redis_round_trips: u64,
+    /// Failed Redis operations.
+    pub redis_errors: u64,
+    /// Redis reconnections.
+    pub redis_reconnects: u64,
+    /// Initial dumps that ended by timeout instead of NLMSG_DONE.
+    pub eoiu_timeouts: u64,
+    /// Old interfaces set admin-down at a cold start.
+    pub old_interfaces_down: u64,
+}
+
+/// Writes `value` as JSON to `path` atomically (temp file + rename), so readers never see a
+/// half-written file.
+pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    let tmp: PathBuf = {
+        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".tmp");
+        path.with_file_name(name)
+    };
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, value)?;
+        f.write_all(b"\n")?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Prometheus text exposition of a flat JSON object of numbers (nested objects are flattened
+/// with `_`). Non-numeric values become no sample.
+pub fn prometheus_text(snapshot: &serde_json::Value) -> String {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    walk(&format!("{prefix}_{k}"), v, out);
+                }
+            }
+            serde_json::Value::Number(n) => out.push_str(&format!("{prefix} {n}\n")),
+            serde_json::Value::Bool(b) => out.push_str(&format!("{prefix} {}\n", u8::from(*b))),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    walk("portsyncd", snapshot, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_json_write_replaces_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stats.json");
+        write_json_atomic(&p, &serde_json::json!({"a": 1})).unwrap();
+        write_json_atomic(&p, &serde_json::json!({"a": 2})).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["a"], 2);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn prometheus_flattens_numbers_and_bools() {
+        let t = prometheus_text(&serde_json::json!({"counters": {"events": 3}, "port_init_done": true, "mode": "ebpf"}));
+        assert!(t.contains("portsyncd_counters_events 3\n"), "{t}");
+        assert!(t.contains("portsyncd_port_init_done 1\n"), "{t}");
+        assert!(!t.contains("mode"), "{t}");
+    }
+}

@@ -1,0 +1,81 @@
+//! Old-interface handling of a cold start: every pre-existing `Ethernet*` netdev is set
+//! admin-down. The C++ daemon forks `ip link set <p> down` per port (~10 ms each); we send all
+//! requests in one netlink write and collect the acknowledgements.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use netlink_packet_route::link::{LinkFlags, LinkHeader, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::parse::{for_each_message, Message};
+use super::socket::{NlSocket, SocketError, RECV_BUF};
+
+/// Bringing interfaces down failed as a whole (individual refusals are only reported).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Socket set-up failed.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Sending or receiving failed.
+    #[error("admin-down request I/O failed")]
+    Io(#[source] std::io::Error),
+}
+
+/// Per-interface outcome: `Ok` or the kernel's errno.
+pub type AdminOutcome = HashMap<u32, Result<(), i32>>;
+
+/// Clears `IFF_UP` on every ifindex in `ifindexes`; returns the per-interface outcome.
+/// Interfaces whose acknowledgement did not come within `timeout` are reported as `ETIMEDOUT`.
+pub async fn set_down(ifindexes: &[u32], timeout: Duration) -> Result<AdminOutcome, AdminError> {
+    let mut outcome = AdminOutcome::new();
+    if ifindexes.is_empty() {
+        return Ok(outcome);
+    }
+    let sock = NlSocket::open()?;
+    // Several requests per write: rtnetlink processes every message of one sendmsg in order.
+    let mut seq_to_ifindex = HashMap::new();
+    let mut buf = Vec::new();
+    for (i, &ifindex) in ifindexes.iter().enumerate() {
+        let seq = i as u32 + 1;
+        seq_to_ifindex.insert(seq, ifindex);
+        let mut link = LinkMessage::default();
+        link.header = LinkHeader { index: ifindex, flags: LinkFlags::empty(), change_mask: LinkFlags::Up, ..LinkHeader::default() };
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | NLM_F_ACK;
+        hdr.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(link)));
+        msg.finalize();
+        let start = buf.len();
+        buf.resize(start + msg.buffer_len(), 0);
+        msg.serialize(&mut buf[start..]);
+        if buf.len() > 32 * 1024 {
+            sock.send(&buf).await.map_err(AdminError::Io)?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        sock.send(&buf).await.map_err(AdminError::Io)?;
+    }
+    let collect = async {
+        let mut rbuf = Vec::with_capacity(RECV_BUF);
+        while outcome.len() < ifindexes.len() {
+            sock.recv(&mut rbuf).await.map_err(AdminError::Io)?;
+            for_each_message(&rbuf, 0, 0, |h, m| {
+                if let (Message::Error(code), Some(&ifindex)) = (m, seq_to_ifindex.get(&h.seq)) {
+                    outcome.insert(ifindex, if code == 0 { Ok(()) } else { Err(-code) });
+                }
+            });
+        }
+        Ok::<_, AdminError>(())
+    };
+    match tokio::time::timeout(timeout, collect).await {
+        Ok(res) => res?,
+        Err(_) => {}
+    }
+    for &ifindex in ifindexes {
+        outcome.entry(ifindex).or_insert(Err(libc::ETIMEDOUT));
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,144 @@
+//! The `RTM_GETLINK` dump on its own socket. Its end - `NLMSG_DONE` carrying our request's
+//! sequence number and our port id - is the end of the initial update (EOIU). A dump flagged
+//! `NLM_F_DUMP_INTR` is repeated (bounded); a dump that does not end in time returns what it has.
+
+use std::time::{Duration, Instant};
+
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::RouteNetlinkMessage;
+use portsyncd_common::{origin, PortEvent};
+
+use super::parse::{for_each_message, Message};
+use super::socket::{NlSocket, SocketError, RECV_BUF};
+use crate::clock::monotonic_ns;
+
+/// The dump could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// Socket set-up failed.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Sending the request or receiving replies failed.
+    #[error("link dump I/O failed")]
+    Io(#[source] std::io::Error),
+    /// The kernel answered the request with an error.
+    #[error("kernel refused the link dump (errno {0})")]
+    Refused(i32),
+}
+
+/// How a dump ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DumpEnd {
+    /// `NLMSG_DONE` arrived: the EOIU.
+    Done,
+    /// No `NLMSG_DONE` within the deadline; the entries received so far are returned.
+    Timeout,
+}
+
+/// Options of one dump.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpOptions {
+    /// Deadline for the whole dump, retries included.
+    pub timeout: Duration,
+    /// How often an interrupted dump is repeated before its result is used anyway.
+    pub max_retries: u32,
+    /// Test hook: ignore `NLMSG_DONE`, so that the timeout path runs.
+    pub hold_done: bool,
+}
+
+/// The result of a dump.
+#[derive(Debug, Clone)]
+pub struct Dump {
+    /// Every link, as `RTM_NEWLINK` events with origin [`origin::DUMP`].
+    pub links: Vec<PortEvent>,
+    /// How the dump ended.
+    pub end: DumpEnd,
+    /// Interrupted dumps that were repeated.
+    pub intr_retries: u32,
+    /// Whether the returned dump itself was still flagged interrupted (retries exhausted).
+    pub inconsistent: bool,
+    /// Wall time of the dump.
+    pub elapsed: Duration,
+}
+
+/// Runs a link dump on a fresh socket.
+pub async fn dump_links(opts: DumpOptions) -> Result<Dump, DumpError> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + opts.timeout;
+    let sock = NlSocket::open()?;
+    let mut seq: u32 = (monotonic_ns() as u32) | 1;
+    let mut retries = 0;
+    loop {
+        // The entries live outside the attempt's future so that a timeout keeps what arrived.
+        let mut links = Vec::new();
+        let mut intr = false;
+        let attempt =
+            tokio::time::timeout_at(deadline, one_dump(&sock, seq, opts.hold_done, &mut links, &mut intr)).await;
+        match attempt {
+            Err(_elapsed) => {
+                return Ok(Dump { links, end: DumpEnd::Timeout, intr_retries: retries, inconsistent: intr, elapsed: started.elapsed() });
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(())) => {
+                if intr && retries < opts.max_retries {
+                    retries += 1;
+                    seq = seq.wrapping_add(1);
+                    tracing::info!(retry = retries, "link dump interrupted by concurrent changes (NLM_F_DUMP_INTR); dumping again");
+                    continue;
+                }
+                return Ok(Dump { links, end: DumpEnd::Done, intr_retries: retries, inconsistent: intr, elapsed: started.elapsed() });
+            }
+        }
+    }
+}
+
+fn request(seq: u32) -> Vec<u8> {
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    hdr.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(LinkMessage::default())));
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
+}
+
+/// One attempt: appends the entries to `links` and sets `intr` if any message was flagged
+/// `NLM_F_DUMP_INTR`.
+async fn one_dump(
+    sock: &NlSocket,
+    seq: u32,
+    hold_done: bool,
+    links: &mut Vec<PortEvent>,
+    intr: &mut bool,
+) -> Result<(), DumpError> {
+    sock.send(&request(seq)).await.map_err(DumpError::Io)?;
+    let mut buf = Vec::with_capacity(RECV_BUF);
+    loop {
+        sock.recv(&mut buf).await.map_err(DumpError::Io)?;
+        let ts = monotonic_ns();
+        let mut done = false;
+        let mut refused = None;
+        for_each_message(&buf, origin::DUMP, ts, |h, m| {
+            // Replies to an older (interrupted) request are not ours any more.
+            if h.seq != seq || h.pid != sock.port_id() {
+                return;
+            }
+            *intr |= h.dump_intr();
+            match m {
+                Message::Link(ev) if h.multi() => links.push(ev),
+                Message::Done if !hold_done => done = true,
+                Message::Error(code) if code != 0 => refused = Some(code),
+                _ => {}
+            }
+        });
+        if let Some(code) = refused {
+            return Err(DumpError::Refused(code));
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}

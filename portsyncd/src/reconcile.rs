@@ -1,0 +1,231 @@
+//! Pending changes + what Redis already holds -> the minimal list of Redis operations.
+//! Also tracks the configured ports not yet seen (the C++ `g_portSet`) that gate `PortInitDone`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::batch::Pending;
+use crate::linksync::{PortName, PortState};
+
+/// One STATE_DB operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// HSET the four fields (after a DEL when `delete_first`).
+    Write {
+        /// Port.
+        name: PortName,
+        /// Values.
+        state: PortState,
+        /// DEL the key first.
+        delete_first: bool,
+    },
+    /// DEL the key.
+    Delete {
+        /// Port.
+        name: PortName,
+    },
+}
+
+/// The operations for one flush, with the change each came from.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Operations with their pending change (kept to restore it if the write fails).
+    pub ops: Vec<(Op, Pending)>,
+    /// Changes that needed no write because Redis already holds that state.
+    pub unchanged: Vec<PortName>,
+    /// Ports whose APPL_DB `PORT_TABLE:<p>` does not exist: nothing written (C++: "Cannot find").
+    pub not_in_appl: Vec<PortName>,
+}
+
+/// What portsyncd knows about Redis.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    written: HashMap<PortName, PortState>,
+    appl_known: HashSet<PortName>,
+    port_set: BTreeSet<String>,
+    init_done: bool,
+}
+
+impl Reconciler {
+    /// `port_set`: configured ports that must be seen before `PortInitDone`.
+    pub fn new(port_set: BTreeSet<String>) -> Self {
+        Self { port_set, ..Self::default() }
+    }
+
+    /// Uses `baseline` as what STATE_DB holds (warm restart: the saved or verified state).
+    pub fn set_baseline(&mut self, baseline: HashMap<PortName, PortState>) {
+        self.written = baseline;
+    }
+
+    /// Forgets everything assumed about Redis (it may have restarted empty): the next flush
+    /// rechecks APPL_DB and rewrites every port.
+    pub fn forget_redis(&mut self) {
+        self.written.clear();
+        self.appl_known.clear();
+    }
+
+    /// Ports with a pending write whose APPL_DB presence is not known yet.
+    pub fn presence_unknown(&self, pending: &HashMap<PortName, Pending>) -> Vec<PortName> {
+        pending
+            .iter()
+            .filter(|(n, p)| p.state.is_some() && !self.appl_known.contains(*n))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Turns pending changes into operations. `present` answers [`Self::presence_unknown`].
+    pub fn plan(&mut self, pending: HashMap<PortName, Pending>, present: &HashSet<PortName>) -> Plan {
+        let mut plan = Plan::default();
+        for (name, p) in pending {
+            match p.state {
+                None => plan.ops.push((Op::Delete { name }, p)),
+                Some(state) => {
+                    if !self.appl_known.contains(&name) {
+                        if present.contains(&name) {
+                            self.appl_known.insert(name);
+                        } else {
+                            plan.not_in_appl.push(name);
+                            continue;
+                        }
+                    }
+                    if !p.delete_first && self.written.get(&name) == Some(&state) {
+                        plan.unchanged.push(name);
+                        self.port_set.remove(name.as_str());
+                        continue;
+                    }
+                    plan.ops.push((Op::Write { name, state, delete_first: p.delete_first }, p));
+                }
+            }
+        }
+        plan
+    }
+
+    /// Records that Redis acknowledged `plan`.
+    pub fn commit(&mut self, plan: &Plan) {
+        for (op, _) in &plan.ops {
+            match *op {
+                Op::Write { name, state, .. } => {
+                    self.written.insert(name, state);
+                    self.port_set.remove(name.as_str());
+                }
+                Op::Delete { name } => {
+                    self.written.remove(&name);
+                    // The netdev is gone; if it comes back, APPL_DB is checked again.
+                    self.appl_known.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Ports we hold state for that are absent from a full dump: deleted while we weren't
+    /// listening (overrun, restart).
+    pub fn vanished(&self, dumped: &HashSet<PortName>) -> Vec<PortName> {
+        self.written.keys().filter(|n| !dumped.contains(*n)).copied().collect()
+    }
+
+    /// `PortInitDone` is due: every configured port was seen and it was not sent yet.
+    pub fn port_init_due(&self) -> bool {
+        !self.init_done && self.port_set.is_empty()
+    }
+
+    /// Records that `PortInitDone` was written.
+    pub fn mark_port_init_done(&mut self) {
+        self.init_done = true;
+    }
+
+    /// `PortInitDone` was written.
+    pub fn port_init_done(&self) -> bool {
+        self.init_done
+    }
+
+    /// Configured ports not seen yet.
+    pub fn unseen_ports(&self) -> &BTreeSet<String> {
+        &self.port_set
+    }
+
+    /// The state STATE_DB holds from us, for the warm-restart file.
+    pub fn written(&self) -> BTreeMap<String, PortState> {
+        self.written.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> PortName {
+        PortName::new(s.as_bytes()).unwrap()
+    }
+    fn set(admin: bool, mtu: u32) -> Pending {
+        Pending { state: Some(PortState { admin_up: admin, oper_up: false, mtu }), delete_first: false, first_ts: 1, ifindex: 1 }
+    }
+
+    #[test]
+    fn unknown_ports_are_checked_once_and_absent_ones_written_nothing() {
+        let mut r = Reconciler::new(["Ethernet0".to_owned(), "Ethernet4".to_owned()].into());
+        let pending: HashMap<_, _> = [(n("Ethernet0"), set(true, 9100)), (n("Ethernet4"), set(true, 9100))].into();
+        let mut unknown = r.presence_unknown(&pending);
+        unknown.sort();
+        assert_eq!(unknown, [n("Ethernet0"), n("Ethernet4")]);
+        let plan = r.plan(pending, &[n("Ethernet0")].into());
+        assert_eq!(plan.ops.len(), 1);
+        assert_eq!(plan.not_in_appl, [n("Ethernet4")]);
+        r.commit(&plan);
+        assert_eq!(r.unseen_ports().iter().collect::<Vec<_>>(), ["Ethernet4"]);
+        assert!(!r.port_init_due());
+        // Ethernet0 is now known present: no second check.
+        let pending: HashMap<_, _> = [(n("Ethernet0"), set(false, 9100))].into();
+        assert!(r.presence_unknown(&pending).is_empty());
+    }
+
+    #[test]
+    fn unchanged_state_is_not_written_again_but_counts_as_seen() {
+        let mut r = Reconciler::new(["Ethernet0".to_owned()].into());
+        let present: HashSet<_> = [n("Ethernet0")].into();
+        r.set_baseline([(n("Ethernet0"), set(true, 9100).state.unwrap())].into());
+        let plan = r.plan([(n("Ethernet0"), set(true, 9100))].into(), &present);
+        assert!(plan.ops.is_empty());
+        assert_eq!(plan.unchanged, [n("Ethernet0")]);
+        assert!(r.port_init_due());
+        r.mark_port_init_done();
+        assert!(!r.port_init_due());
+        // A changed mtu is written.
+        let plan = r.plan([(n("Ethernet0"), set(true, 1500))].into(), &present);
+        assert_eq!(plan.ops.len(), 1);
+    }
+
+    #[test]
+    fn deletes_are_always_issued_and_forget_presence() {
+        let mut r = Reconciler::new(BTreeSet::new());
+        let present: HashSet<_> = [n("Ethernet0")].into();
+        let plan = r.plan([(n("Ethernet0"), set(true, 9100))].into(), &present);
+        r.commit(&plan);
+        let del = Pending { state: None, ..set(true, 0) };
+        let plan = r.plan([(n("Ethernet0"), del)].into(), &HashSet::new());
+        assert!(matches!(plan.ops[0].0, Op::Delete { .. }));
+        r.commit(&plan);
+        assert!(r.written().is_empty());
+        assert_eq!(r.presence_unknown(&[(n("Ethernet0"), set(true, 1))].into()), [n("Ethernet0")]);
+    }
+
+    #[test]
+    fn vanished_ports_and_forget_redis() {
+        let mut r = Reconciler::new(BTreeSet::new());
+        r.set_baseline([(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())].into());
+        assert_eq!(r.vanished(&[n("Ethernet0")].into()), [n("Ethernet4")]);
+        r.forget_redis();
+        assert!(r.written().is_empty());
+        // After forgetting, even an identical state is written again.
+        let plan = r.plan([(n("Ethernet0"), set(true, 1))].into(), &[n("Ethernet0")].into());
+        assert_eq!(plan.ops.len(), 1);
+    }
+
+    #[test]
+    fn delete_first_forces_a_write_even_when_unchanged() {
+        let mut r = Reconciler::new(BTreeSet::new());
+        r.set_baseline([(n("Ethernet0"), set(true, 1).state.unwrap())].into());
+        let mut p = set(true, 1);
+        p.delete_first = true;
+        let plan = r.plan([(n("Ethernet0"), p)].into(), &[n("Ethernet0")].into());
+        assert!(matches!(plan.ops[0].0, Op::Write { delete_first: true, .. }));
+    }
+}

@@ -1,0 +1,290 @@
+//! SONiC database layout: `database_config.json` (or a plain URL) -> where each database lives,
+//! its id and key separator; plus the table and key names portsyncd reads and writes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use serde::Deserialize;
+
+use crate::config::RedisTarget;
+
+/// APPL_DB table written through the ProducerStateTable protocol and read (consumed) back.
+pub const PORT_TABLE: &str = "PORT_TABLE";
+/// CONFIG_DB table of configured ports.
+pub const CFG_PORT_TABLE: &str = "PORT";
+/// APPL_DB marker written after all CONFIG_DB ports (cold start only).
+pub const PORT_CONFIG_DONE: &str = "PortConfigDone";
+/// APPL_DB marker written once every configured port has been seen.
+pub const PORT_INIT_DONE: &str = "PortInitDone";
+/// Our application name in WARM_RESTART_TABLE and LOGGER.
+pub const APP_NAME: &str = "portsyncd";
+/// The docker portsyncd belongs to (WARM_RESTART_ENABLE_TABLE|swss).
+pub const DOCKER_NAME: &str = "swss";
+
+/// Databases portsyncd uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Db {
+    /// APPL_DB (id 0, `:`).
+    Appl,
+    /// CONFIG_DB (id 4, `|`).
+    Config,
+    /// STATE_DB (id 6, `|`).
+    State,
+}
+
+impl Db {
+    /// The name used in database_config.json.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Db::Appl => "APPL_DB",
+            Db::Config => "CONFIG_DB",
+            Db::State => "STATE_DB",
+        }
+    }
+
+    const fn standard_id(self) -> i64 {
+        match self {
+            Db::Appl => 0,
+            Db::Config => 4,
+            Db::State => 6,
+        }
+    }
+
+    const fn standard_separator(self) -> char {
+        match self {
+            Db::Appl => ':',
+            Db::Config | Db::State => '|',
+        }
+    }
+}
+
+/// Where one database lives and how its keys are spelled.
+#[derive(Debug, Clone)]
+pub struct DbLocation {
+    /// Connection info with the database id selected.
+    pub info: ConnectionInfo,
+    /// Database id.
+    pub id: i64,
+    /// Key separator (`:` or `|`).
+    pub separator: char,
+}
+
+impl DbLocation {
+    /// `<table><sep><key>`.
+    pub fn key(&self, table: &str, key: &str) -> String {
+        let mut s = String::with_capacity(table.len() + 1 + key.len());
+        s.push_str(table);
+        s.push(self.separator);
+        s.push_str(key);
+        s
+    }
+
+    /// Whether two databases are served by the same Redis server.
+    pub fn same_server(&self, other: &DbLocation) -> bool {
+        self.info.addr() == other.info.addr()
+    }
+}
+
+/// The three databases portsyncd uses.
+#[derive(Debug, Clone)]
+pub struct SonicDbs {
+    /// APPL_DB.
+    pub appl: DbLocation,
+    /// CONFIG_DB.
+    pub config: DbLocation,
+    /// STATE_DB.
+    pub state: DbLocation,
+}
+
+/// database_config.json could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SonicDbError {
+    /// File missing or unreadable.
+    #[error("cannot read database config {path}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid JSON of the expected shape.
+    #[error("invalid database config {path}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A database or instance entry is missing or unusable.
+    #[error("database config {path}: {reason}")]
+    Layout {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The `--redis` URL is not a Redis URL.
+    #[error("invalid redis URL `{url}`")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Cause.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+struct DatabaseConfigFile {
+    instances: HashMap<String, Instance>,
+    databases: HashMap<String, DatabaseEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Instance {
+    hostname: Option<String>,
+    port: Option<u16>,
+    unix_socket_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DatabaseEntry {
+    id: i64,
+    separator: String,
+    instance: String,
+}
+
+impl SonicDbs {
+    /// Resolves the configured target.
+    pub fn resolve(target: &RedisTarget) -> Result<Self, SonicDbError> {
+        match target {
+            RedisTarget::DatabaseConfig(path) => Self::from_database_config(path),
+            RedisTarget::Url(url) => Self::from_url(url),
+        }
+    }
+
+    /// All databases on one server, under their standard ids and separators.
+    pub fn from_url(url: &str) -> Result<Self, SonicDbError> {
+        let base = url
+            .into_connection_info()
+            .map_err(|source| SonicDbError::Url { url: url.to_owned(), source })?;
+        let loc = |db: Db| DbLocation {
+            info: with_db(base.clone(), db.standard_id()),
+            id: db.standard_id(),
+            separator: db.standard_separator(),
+        };
+        Ok(Self { appl: loc(Db::Appl), config: loc(Db::Config), state: loc(Db::State) })
+    }
+
+    /// Parses SONiC's database_config.json. Like swss-common, a unix socket is preferred over TCP
+    /// when the instance has one.
+    pub fn from_database_config(path: &Path) -> Result<Self, SonicDbError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SonicDbError::Read { path: path.to_owned(), source })?;
+        let file: DatabaseConfigFile = serde_json::from_str(&text)
+            .map_err(|source| SonicDbError::Parse { path: path.to_owned(), source })?;
+        let layout = |reason: String| SonicDbError::Layout { path: path.to_owned(), reason };
+        let loc = |db: Db| -> Result<DbLocation, SonicDbError> {
+            let entry = file
+                .databases
+                .get(db.name())
+                .ok_or_else(|| layout(format!("no DATABASES.{}", db.name())))?;
+            let separator = match entry.separator.as_str() {
+                ":" => ':',
+                "|" => '|',
+                other => return Err(layout(format!("{} separator `{other}` is not `:` or `|`", db.name()))),
+            };
+            let inst = file
+                .instances
+                .get(&entry.instance)
+                .ok_or_else(|| layout(format!("{} names unknown instance `{}`", db.name(), entry.instance)))?;
+            let addr = match (&inst.unix_socket_path, &inst.hostname, inst.port) {
+                (Some(sock), _, _) if !sock.is_empty() => ConnectionAddr::Unix(PathBuf::from(sock)),
+                (_, Some(host), Some(port)) => ConnectionAddr::Tcp(host.clone(), port),
+                _ => {
+                    return Err(layout(format!(
+                        "instance `{}` has neither unix_socket_path nor hostname+port",
+                        entry.instance
+                    )))
+                }
+            };
+            let info = addr
+                .into_connection_info()
+                .map_err(|e| layout(format!("instance `{}`: {e}", entry.instance)))?;
+            Ok(DbLocation { info: with_db(info, entry.id), id: entry.id, separator })
+        };
+        Ok(Self { appl: loc(Db::Appl)?, config: loc(Db::Config)?, state: loc(Db::State)? })
+    }
+}
+
+fn with_db(info: ConnectionInfo, db: i64) -> ConnectionInfo {
+    let settings: RedisConnectionInfo = info.redis_settings().clone().set_db(db);
+    info.set_redis_settings(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{
+        "INSTANCES": {
+            "redis": {"hostname": "127.0.0.1", "port": 6379, "unix_socket_path": "/var/run/redis/redis.sock"},
+            "redis2": {"hostname": "127.0.0.1", "port": 6380}
+        },
+        "DATABASES": {
+            "APPL_DB": {"id": 0, "separator": ":", "instance": "redis"},
+            "CONFIG_DB": {"id": 4, "separator": "|", "instance": "redis"},
+            "STATE_DB": {"id": 6, "separator": "|", "instance": "redis2"}
+        },
+        "VERSION": "1.0"
+    }"#;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("database_config.json");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn parses_sonic_layout_preferring_unix_sockets() {
+        let (_d, path) = write(SAMPLE);
+        let dbs = SonicDbs::from_database_config(&path).unwrap();
+        assert_eq!(dbs.appl.id, 0);
+        assert_eq!(dbs.appl.separator, ':');
+        assert_eq!(dbs.appl.info.redis_settings().db(), 0);
+        assert!(matches!(dbs.appl.info.addr(), ConnectionAddr::Unix(p) if p == Path::new("/var/run/redis/redis.sock")));
+        assert_eq!(dbs.config.info.redis_settings().db(), 4);
+        assert!(matches!(dbs.state.info.addr(), ConnectionAddr::Tcp(h, 6380) if h == "127.0.0.1"));
+        assert_eq!(dbs.state.key(PORT_TABLE, "Ethernet0"), "PORT_TABLE|Ethernet0");
+        assert_eq!(dbs.appl.key(PORT_TABLE, "Ethernet0"), "PORT_TABLE:Ethernet0");
+        assert!(dbs.appl.same_server(&dbs.config));
+        assert!(!dbs.appl.same_server(&dbs.state));
+    }
+
+    #[test]
+    fn url_uses_standard_ids() {
+        let dbs = SonicDbs::from_url("unix:///tmp/r.sock").unwrap();
+        assert_eq!((dbs.appl.id, dbs.config.id, dbs.state.id), (0, 4, 6));
+        assert_eq!(dbs.state.info.redis_settings().db(), 6);
+        assert!(SonicDbs::from_url("nonsense").is_err());
+    }
+
+    #[test]
+    fn broken_files_give_errors_not_panics() {
+        let missing = Path::new("/nonexistent/database_config.json");
+        assert!(matches!(SonicDbs::from_database_config(missing), Err(SonicDbError::Read { .. })));
+        let (_d, p) = write("{not json");
+        assert!(matches!(SonicDbs::from_database_config(&p), Err(SonicDbError::Parse { .. })));
+        let (_d, p) = write(&SAMPLE.replace("\"STATE_DB\"", "\"OTHER_DB\""));
+        assert!(matches!(SonicDbs::from_database_config(&p), Err(SonicDbError::Layout { .. })));
+        let (_d, p) = write(&SAMPLE.replace("\"instance\": \"redis2\"", "\"instance\": \"nope\""));
+        assert!(matches!(SonicDbs::from_database_config(&p), Err(SonicDbError::Layout { .. })));
+        let (_d, p) = write(&SAMPLE.replace("\"separator\": \":\"", "\"separator\": \"/\""));
+        assert!(matches!(SonicDbs::from_database_config(&p), Err(SonicDbError::Layout { .. })));
+    }
+}

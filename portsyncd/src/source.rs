@@ -1,0 +1,142 @@
+//! Where events enter: the event socket (netlink mode, and the eBPF filter's overflow path) and
+//! the eBPF ring buffer. One call drains everything ready, as one batch of [`PortEvent`]s.
+
+use std::io;
+
+use portsyncd_common::{origin, PortEvent};
+
+use crate::clock::monotonic_ns;
+use crate::ebpf::EbpfCapture;
+use crate::netlink::parse::{for_each_message, Message};
+use crate::netlink::socket::{is_overrun, NlSocket, RECV_BUF};
+
+/// Reading events failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The event socket failed with something other than an overrun.
+    #[error("event socket read failed")]
+    Socket(#[source] io::Error),
+    /// The ring buffer failed.
+    #[error(transparent)]
+    Ebpf(#[from] crate::ebpf::EbpfError),
+}
+
+/// Counters of the source.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct SourceCounters {
+    /// Datagrams read from the event socket.
+    pub datagrams: u64,
+    /// Link events parsed from the socket (netlink mode, or eBPF overflow).
+    pub socket_events: u64,
+    /// Events read from the ring buffer.
+    pub ring_events: u64,
+    /// Messages that could not be decoded.
+    pub malformed: u64,
+    /// `ENOBUFS` on the event socket: notifications were lost, a resync follows.
+    pub enobufs: u64,
+    /// Queued events dropped because a dump superseded them.
+    pub superseded: u64,
+}
+
+/// What a drain found besides events.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// The kernel dropped notifications (`ENOBUFS`): state must be re-dumped.
+    pub overrun: bool,
+    /// eBPF mode: the ring was full and messages came through the socket instead. Their order
+    /// relative to ring events is unknown, so state must be re-dumped too.
+    pub ring_overflow: bool,
+}
+
+/// The event source.
+#[derive(Debug)]
+pub struct Source {
+    sock: NlSocket,
+    ebpf: Option<EbpfCapture>,
+    buf: Vec<u8>,
+    /// Running counters.
+    pub counters: SourceCounters,
+}
+
+impl Source {
+    /// A source on `sock`, with the eBPF capture attached to it if there is one.
+    pub fn new(sock: NlSocket, ebpf: Option<EbpfCapture>) -> Self {
+        Self { sock, ebpf, buf: Vec::with_capacity(RECV_BUF), counters: SourceCounters::default() }
+    }
+
+    /// The eBPF capture, if active.
+    pub fn ebpf(&self) -> Option<&EbpfCapture> {
+        self.ebpf.as_ref()
+    }
+
+    /// Waits until something is ready, then appends everything ready (at most `max` events)
+    /// to `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<PortEvent>, max: usize) -> Result<Drained, SourceError> {
+        loop {
+            let drained = self.drain_now(out, max)?;
+            if !out.is_empty() || drained.overrun || drained.ring_overflow {
+                return Ok(drained);
+            }
+            match self.ebpf.as_mut() {
+                Some(ring) => {
+                    tokio::select! {
+                        r = self.sock.wait_readable() => r.map_err(SourceError::Socket)?,
+                        r = ring.readable() => r?,
+                    }
+                }
+                None => self.sock.wait_readable().await.map_err(SourceError::Socket)?,
+            }
+        }
+    }
+
+    /// Appends what is ready now, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<PortEvent>, max: usize) -> Result<Drained, SourceError> {
+        let mut drained = Drained::default();
+        if let Some(ring) = self.ebpf.as_mut() {
+            let room = max.saturating_sub(out.len());
+            self.counters.ring_events += ring.drain(out, room) as u64;
+        }
+        let ebpf_active = self.ebpf.is_some();
+        while out.len() < max {
+            match self.sock.try_recv(&mut self.buf) {
+                Ok(Some(_)) => {
+                    self.counters.datagrams += 1;
+                    let ts = monotonic_ns();
+                    let c = &mut self.counters;
+                    for_each_message(&self.buf, origin::NETLINK, ts, |_, m| match m {
+                        Message::Link(ev) => {
+                            c.socket_events += 1;
+                            drained.ring_overflow |= ebpf_active;
+                            out.push(ev);
+                        }
+                        Message::Malformed => c.malformed += 1,
+                        Message::Overrun => drained.overrun = true,
+                        _ => {}
+                    });
+                }
+                Ok(None) => break,
+                Err(e) if is_overrun(&e) => {
+                    self.counters.enobufs += 1;
+                    drained.overrun = true;
+                }
+                Err(e) => return Err(SourceError::Socket(e)),
+            }
+        }
+        Ok(drained)
+    }
+
+    /// Drops everything queued: a dump is about to supersede it. Overruns met here need no
+    /// separate resync, since the dump that follows is one.
+    pub fn discard_queued(&mut self) -> Result<(), SourceError> {
+        let mut scratch = Vec::new();
+        loop {
+            scratch.clear();
+            let before = self.counters.enobufs;
+            self.drain_now(&mut scratch, 4096)?;
+            self.counters.superseded += scratch.len() as u64;
+            if scratch.is_empty() && self.counters.enobufs == before {
+                return Ok(());
+            }
+        }
+    }
+}

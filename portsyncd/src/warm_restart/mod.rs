@@ -1,0 +1,87 @@
+//! Warm restart: the port-state file ([`state_file`]) and turning it (or STATE_DB itself, when
+//! the file was not written at a clean shutdown) into the baseline the post-restart dump is
+//! diffed against, so a restart with no link change writes nothing.
+
+pub mod metrics;
+pub mod state_file;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::linksync::{PortName, PortState};
+use crate::sonic_db::{SonicDbs, PORT_TABLE};
+use crate::writer::{DbConn, WriteError};
+use state_file::PortRecord;
+
+/// The file's records as reconcile baseline.
+pub fn baseline_from_records(records: &BTreeMap<String, PortRecord>) -> HashMap<PortName, PortState> {
+    records
+        .iter()
+        .filter_map(|(name, r)| {
+            let n = PortName::new(name.as_bytes())?;
+            Some((n, PortState { admin_up: r.admin_up, oper_up: r.oper_up, mtu: r.mtu }))
+        })
+        .collect()
+}
+
+/// What we wrote, as file records.
+pub fn records_from_state(written: &BTreeMap<String, PortState>, ifindexes: &HashMap<PortName, u32>) -> BTreeMap<String, PortRecord> {
+    written
+        .iter()
+        .map(|(name, s)| {
+            let ifindex = PortName::new(name.as_bytes()).and_then(|n| ifindexes.get(&n).copied()).unwrap_or(0);
+            let flags = u32::from(s.admin_up) * portsyncd_common::IFF_UP | u32::from(s.oper_up) * portsyncd_common::IFF_RUNNING;
+            (name.clone(), PortRecord { ifindex, admin_up: s.admin_up, oper_up: s.oper_up, mtu: s.mtu, flags })
+        })
+        .collect()
+}
+
+/// Reads what STATE_DB `PORT_TABLE|<p>` holds for `names` (one pipelined round trip, reads
+/// only). Entries without our four fields are left out, so they are written again.
+pub async fn baseline_from_state_db(dbs: &SonicDbs, names: &[PortName]) -> Result<HashMap<PortName, PortState>, WriteError> {
+    let mut conn = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new());
+    let mut pipe = redis::pipe();
+    for n in names {
+        pipe.cmd("HMGET").arg(dbs.state.key(PORT_TABLE, n.as_str())).arg(&["state", "netdev_oper_status", "admin_status", "mtu"]);
+    }
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<Vec<Option<String>>> = conn.query("HMGET STATE_DB PORT_TABLE", &pipe).await?;
+    Ok(names.iter().zip(rows).filter_map(|(n, row)| Some((*n, parse_row(&row)?))).collect())
+}
+
+fn parse_row(row: &[Option<String>]) -> Option<PortState> {
+    let updown = |v: &Option<String>| match v.as_deref() {
+        Some("up") => Some(true),
+        Some("down") => Some(false),
+        _ => None,
+    };
+    if row.first()?.as_deref() != Some("ok") {
+        return None;
+    }
+    Some(PortState { oper_up: updown(row.get(1)?)?, admin_up: updown(row.get(2)?)?, mtu: row.get(3)?.as_deref()?.parse().ok()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_db_rows_parse_only_when_complete() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(parse_row(&[s("ok"), s("up"), s("down"), s("9100")]), Some(PortState { oper_up: true, admin_up: false, mtu: 9100 }));
+        assert_eq!(parse_row(&[None, s("up"), s("down"), s("9100")]), None);
+        assert_eq!(parse_row(&[s("ok"), s("sideways"), s("down"), s("9100")]), None);
+        assert_eq!(parse_row(&[s("ok"), s("up"), s("down"), s("big")]), None);
+    }
+
+    #[test]
+    fn records_round_trip_to_baseline() {
+        let n = PortName::new(b"Ethernet0").unwrap();
+        let written: BTreeMap<String, PortState> = [("Ethernet0".to_owned(), PortState { admin_up: true, oper_up: true, mtu: 9100 })].into();
+        let recs = records_from_state(&written, &[(n, 7)].into());
+        assert_eq!(recs["Ethernet0"].ifindex, 7);
+        assert_eq!(recs["Ethernet0"].flags, 0x41);
+        assert_eq!(baseline_from_records(&recs)[&n], written["Ethernet0"]);
+    }
+}
