@@ -70,7 +70,7 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
         counters: Counters::default(),
         coalescer: Coalescer::new(),
         reconciler: Reconciler::new(startup.port_set.clone()),
-        latency: LatencyRecorder::new(),
+        latency: LatencyRecorder::new()?,
         hist_log: match &cfg.histogram_log {
             Some(p) => Some(IntervalLog::create(p, cfg.histogram_interval)?),
             None => None,
@@ -95,8 +95,16 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
         retry_backoff: Duration::from_millis(100),
         need_resync: false,
         stats_dirty: true,
+        prometheus: None,
         cfg,
     };
+    if let Some(addr) = d.cfg.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::Metrics)?;
+        let (tx, rx) = tokio::sync::watch::channel(String::new());
+        tokio::spawn(crate::metrics::serve_prometheus(listener, rx));
+        d.prometheus = Some(tx);
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
     d.initial_sync().await?;
     d.event_loop().await
 }
@@ -119,7 +127,7 @@ fn select_capture(cfg: &Config, sock: &NlSocket) -> Result<(Option<EbpfCapture>,
             tracing::warn!(reason = %reason, "capture mode: netlink (eBPF unavailable)");
             Ok((None, Some(reason)))
         }
-        Err(e) => Err(Error::EbpfRequired(e)),
+        Err(e) => Err(Error::EbpfRequired(Box::new(e))),
     }
 }
 
@@ -146,6 +154,7 @@ struct Daemon {
     retry_backoff: Duration,
     need_resync: bool,
     stats_dirty: bool,
+    prometheus: Option<tokio::sync::watch::Sender<String>>,
 }
 
 impl Daemon {
@@ -573,8 +582,15 @@ impl Daemon {
 
     fn write_stats(&mut self) {
         self.stats_dirty = false;
+        if self.cfg.stats_file.is_none() && self.prometheus.is_none() {
+            return;
+        }
+        let snap = self.snapshot();
+        if let Some(tx) = &self.prometheus {
+            tx.send_replace(crate::metrics::prometheus_text(&snap));
+        }
         if let Some(path) = &self.cfg.stats_file {
-            if let Err(e) = write_json_atomic(path, &self.snapshot()) {
+            if let Err(e) = write_json_atomic(path, &snap) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write stats file");
             }
         }

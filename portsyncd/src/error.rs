@@ -26,10 +26,13 @@ pub enum Error {
     Source(#[from] crate::source::SourceError),
     /// `--capture ebpf` and the program could not be loaded.
     #[error("eBPF capture required (--capture ebpf) but unavailable")]
-    EbpfRequired(#[source] crate::ebpf::EbpfError),
+    EbpfRequired(#[source] Box<crate::ebpf::EbpfError>),
     /// The histogram log.
     #[error(transparent)]
     Latency(#[from] crate::metrics::latency::LatencyError),
+    /// Binding the metrics listener.
+    #[error("cannot listen for metrics")]
+    Metrics(#[source] std::io::Error),
     /// Installing a signal handler.
     #[error("cannot install signal handler")]
     Signal(#[source] std::io::Error),

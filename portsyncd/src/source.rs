@@ -18,7 +18,7 @@ pub enum SourceError {
     Socket(#[source] io::Error),
     /// The ring buffer failed.
     #[error(transparent)]
-    Ebpf(#[from] crate::ebpf::EbpfError),
+    Ebpf(Box<crate::ebpf::EbpfError>),
 }
 
 /// Counters of the source.
@@ -81,7 +81,7 @@ impl Source {
                 Some(ring) => {
                     tokio::select! {
                         r = self.sock.wait_readable() => r.map_err(SourceError::Socket)?,
-                        r = ring.readable() => r?,
+                        r = ring.readable() => r.map_err(|e| SourceError::Ebpf(Box::new(e)))?,
                     }
                 }
                 None => self.sock.wait_readable().await.map_err(SourceError::Socket)?,

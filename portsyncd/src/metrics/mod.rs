@@ -81,6 +81,30 @@ pub fn prometheus_text(snapshot: &serde_json::Value) -> String {
     out
 }
 
+/// Serves the latest Prometheus text from `rx` to every HTTP request on `listener`, until the
+/// sender is dropped. Loopback only (enforced by the config).
+pub async fn serve_prometheus(listener: tokio::net::TcpListener, rx: tokio::sync::watch::Receiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        if rx.has_changed().is_err() {
+            return;
+        }
+        let body = rx.borrow().clone();
+        tokio::spawn(async move {
+            // The request itself is irrelevant: every path answers with the metrics.
+            let mut req = [0u8; 1024];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut req)).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,9 +70,9 @@ pub async fn set_down(ifindexes: &[u32], timeout: Duration) -> Result<AdminOutco
         }
         Ok::<_, AdminError>(())
     };
-    match tokio::time::timeout(timeout, collect).await {
-        Ok(res) => res?,
-        Err(_) => {}
+    // Acknowledgements missing at the deadline are reported as ETIMEDOUT below.
+    if let Ok(res) = tokio::time::timeout(timeout, collect).await {
+        res?;
     }
     for &ifindex in ifindexes {
         outcome.entry(ifindex).or_insert(Err(libc::ETIMEDOUT));

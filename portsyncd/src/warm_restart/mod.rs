@@ -29,7 +29,7 @@ pub fn records_from_state(written: &BTreeMap<String, PortState>, ifindexes: &Has
         .iter()
         .map(|(name, s)| {
             let ifindex = PortName::new(name.as_bytes()).and_then(|n| ifindexes.get(&n).copied()).unwrap_or(0);
-            let flags = u32::from(s.admin_up) * portsyncd_common::IFF_UP | u32::from(s.oper_up) * portsyncd_common::IFF_RUNNING;
+            let flags = (u32::from(s.admin_up) * portsyncd_common::IFF_UP) | (u32::from(s.oper_up) * portsyncd_common::IFF_RUNNING);
             (name.clone(), PortRecord { ifindex, admin_up: s.admin_up, oper_up: s.oper_up, mtu: s.mtu, flags })
         })
         .collect()

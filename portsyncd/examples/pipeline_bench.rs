@@ -1,0 +1,158 @@
+//! Kernel-free benchmark of the userspace pipeline: synthetic `PortEvent`s -> batch ->
+//! reconcile -> Redis pipeline against a real redis-server. Reports events/s and CPU ns per
+//! event at several batch sizes, measured side by side in one run.
+//!
+//! Run through `cargo xtask bench pipeline` (which starts its own loopback redis-server), or
+//! directly: `cargo run --release -p portsyncd --example pipeline_bench -- --redis unix:///path`.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use clap::Parser;
+use portsyncd::batch::Coalescer;
+use portsyncd::metrics::latency::LatencyRecorder;
+use portsyncd::reconcile::Reconciler;
+use portsyncd::sonic_db::SonicDbs;
+use portsyncd::writer::{FlushCost, Writer};
+use portsyncd_common::{origin, PortEvent, IFF_RUNNING, IFF_UP, RTM_NEWLINK};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Redis URL (all DBs on one server).
+    #[arg(long)]
+    redis: String,
+    /// Distinct ports.
+    #[arg(long, default_value_t = 1024)]
+    ports: u32,
+    /// Events per batch size.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Batch sizes to compare.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+    batches: Vec<usize>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    batch: usize,
+    events: u64,
+    wall_s: f64,
+    events_per_s: f64,
+    cpu_ns_per_event: f64,
+    redis_commands_per_event: f64,
+    round_trips_per_event: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn cpu_ns() -> u64 {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|r| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as u64 * 1_000_000_000 + tv.tv_usec() as u64 * 1000;
+        t(r.user_time()) + t(r.system_time())
+    });
+    u.unwrap_or(0)
+}
+
+fn event(port: u32, round: u64) -> PortEvent {
+    let mut e = PortEvent::zeroed();
+    e.msg_type = RTM_NEWLINK;
+    e.origin = origin::NETLINK;
+    e.ifindex = port + 10;
+    e.flags = if round % 2 == 0 { IFF_UP | IFF_RUNNING } else { IFF_UP };
+    e.mtu = 9100;
+    e.timestamp_ns = portsyncd::clock::monotonic_ns();
+    e.set_name(format!("Ethernet{}", port * 4).as_bytes());
+    e
+}
+
+async fn seed(dbs: &SonicDbs, ports: u32) -> anyhow::Result<()> {
+    let client = redis::Client::open(dbs.appl.info.clone())?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut pipe = redis::pipe();
+    for p in 0..ports {
+        pipe.hset(format!("PORT_TABLE:Ethernet{}", p * 4), "lanes", p.to_string()).ignore();
+    }
+    pipe.query_async::<()>(&mut c).await?;
+    Ok(())
+}
+
+async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
+    let mut writer = Writer::new(dbs);
+    writer.connect().await?;
+    let mut rec = Reconciler::new(Default::default());
+    let mut co = Coalescer::new();
+    let mut lat = LatencyRecorder::new()?;
+    let old = HashSet::new();
+    // Pre-generate so event construction is not measured.
+    let events: Vec<PortEvent> = (0..args.events).map(|i| event((i % u64::from(args.ports)) as u32, i / u64::from(args.ports))).collect();
+    let mut cost = FlushCost::default();
+    let cpu0 = cpu_ns();
+    let t0 = Instant::now();
+    for chunk in events.chunks(batch) {
+        let start = portsyncd::clock::monotonic_ns();
+        for e in chunk {
+            let mut e = *e;
+            e.timestamp_ns = start;
+            co.push(&e, &old);
+        }
+        let pending = co.take();
+        let n = pending.len() as u64;
+        let unknown = rec.presence_unknown(&pending);
+        let present = writer.present_in_appl(&unknown, &mut cost).await?;
+        let plan = rec.plan(pending, &present);
+        writer.apply(&plan, &mut cost).await?;
+        let ack = portsyncd::clock::monotonic_ns();
+        rec.commit(&plan);
+        for (_, p) in &plan.ops {
+            lat.record_latency_ns(p.first_ts, ack);
+        }
+        lat.record_batch(chunk.len() as u64, n, ack - start);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_ns() - cpu0;
+    let s = lat.summary();
+    let ev = args.events as f64;
+    Ok(Row {
+        batch,
+        events: args.events,
+        wall_s: wall,
+        events_per_s: ev / wall,
+        cpu_ns_per_event: cpu as f64 / ev,
+        redis_commands_per_event: cost.commands as f64 / ev,
+        round_trips_per_event: cost.round_trips as f64 / ev,
+        p50_us: s.latency_us.p50,
+        p99_us: s.latency_us.p99,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dbs = SonicDbs::from_url(&args.redis)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rows = rt.block_on(async {
+        seed(&dbs, args.ports).await?;
+        let mut rows = Vec::new();
+        for &b in &args.batches {
+            rows.push(one(&args, &dbs, b.max(1)).await?);
+        }
+        anyhow::Ok(rows)
+    })?;
+    println!("userspace pipeline (synthetic events -> batch -> reconcile -> Redis), {} ports, {} events per row", args.ports, args.events);
+    println!("{:>6} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}", "batch", "events/s", "cpu ns/event", "cmds/event", "rtt/event", "p50 us", "p99 us");
+    for r in &rows {
+        println!(
+            "{:>6} {:>12.0} {:>14.0} {:>12.3} {:>14.5} {:>10.1} {:>10.1}",
+            r.batch, r.events_per_s, r.cpu_ns_per_event, r.redis_commands_per_event, r.round_trips_per_event, r.p50_us, r.p99_us
+        );
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        println!("ratio cpu/event batch {} vs batch {}: {:.1}x", first.batch, last.batch, first.cpu_ns_per_event / last.cpu_ns_per_event);
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
