@@ -18,12 +18,9 @@ pub const DEFAULT_EOIU_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_RCVBUF: usize = 16 * 1024 * 1024;
 /// Most events drained into one batch.
 pub const DEFAULT_BATCH_MAX: usize = 4096;
-/// Where the warm-restart port-state file lives.
-pub const DEFAULT_STATE_FILE: &str = "/var/lib/sonic/portsyncd/port_state.json";
-/// Timestamped backups kept of the state file.
-pub const DEFAULT_STATE_BACKUPS: usize = 10;
+pub use crate::warm_restart::state_file::{DEFAULT_BACKUPS as DEFAULT_STATE_BACKUPS, DEFAULT_STATE_FILE};
 /// State files older than this are stale.
-pub const DEFAULT_STATE_MAX_AGE_DAYS: u64 = 7;
+pub const DEFAULT_STATE_MAX_AGE_DAYS: u64 = crate::warm_restart::state_file::DEFAULT_MAX_AGE.as_secs() / 86_400;
 /// How often the state file is saved while running (it is also saved after initial sync and on exit).
 pub const DEFAULT_STATE_SAVE_INTERVAL_SECS: u64 = 60;
 /// Length of one interval in the HdrHistogram interval log.
