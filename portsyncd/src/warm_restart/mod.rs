@@ -35,12 +35,23 @@ pub fn records_from_state(written: &BTreeMap<String, PortState>, ifindexes: &Has
         .collect()
 }
 
-/// Reads what STATE_DB `PORT_TABLE|<p>` holds for `names` (one pipelined round trip, reads
-/// only). Entries without our four fields are left out, so they are written again.
+/// Reads what STATE_DB `PORT_TABLE|<p>` holds for `names` and for every `Ethernet*` /
+/// `PortChannel*` entry already there (so that a port deleted while the daemon was down is found
+/// even without a state file). Reads only. Entries without our four fields (e.g. intfmgrd's
+/// sub-interface rows) are left out: they are neither ours to delete nor a baseline.
 pub async fn baseline_from_state_db(dbs: &SonicDbs, names: &[PortName]) -> Result<HashMap<PortName, PortState>, WriteError> {
     let mut conn = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new());
     let mut pipe = redis::pipe();
-    for n in names {
+    for prefix in [crate::linksync::INTFS_PREFIX, crate::linksync::LAG_PREFIX] {
+        pipe.cmd("KEYS").arg(format!("{}*", dbs.state.key(PORT_TABLE, prefix)));
+    }
+    let found: Vec<Vec<String>> = conn.query("KEYS STATE_DB PORT_TABLE", &pipe).await?;
+    let key_prefix = dbs.state.key(PORT_TABLE, "");
+    let mut all: std::collections::HashSet<PortName> = names.iter().copied().collect();
+    all.extend(found.iter().flatten().filter_map(|k| PortName::new(k.strip_prefix(&key_prefix)?.as_bytes())));
+    let names: Vec<PortName> = all.into_iter().collect();
+    let mut pipe = redis::pipe();
+    for n in &names {
         pipe.cmd("HMGET").arg(dbs.state.key(PORT_TABLE, n.as_str())).arg(&["state", "netdev_oper_status", "admin_status", "mtu"]);
     }
     if names.is_empty() {
