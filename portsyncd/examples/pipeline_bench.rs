@@ -61,7 +61,7 @@ fn event(port: u32, round: u64) -> PortEvent {
     e.msg_type = RTM_NEWLINK;
     e.origin = origin::NETLINK;
     e.ifindex = port + 10;
-    e.flags = if round % 2 == 0 { IFF_UP | IFF_RUNNING } else { IFF_UP };
+    e.flags = if round.is_multiple_of(2) { IFF_UP | IFF_RUNNING } else { IFF_UP };
     e.mtu = 9100;
     e.timestamp_ns = portsyncd::clock::monotonic_ns();
     e.set_name(format!("Ethernet{}", port * 4).as_bytes());

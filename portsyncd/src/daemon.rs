@@ -519,7 +519,9 @@ impl Daemon {
         let clean = self.coalescer.is_empty() && self.redis_down.is_none() && !self.need_resync;
         self.save_state(clean);
         self.write_interval();
-        self.report_percentiles();
+        self.export_percentiles();
+        let s = self.latency.summary().latency_us;
+        tracing::info!(count = s.count, p50_us = s.p50, p99_us = s.p99, max_us = s.max, "event-to-Redis latency over the run");
         self.write_stats();
     }
 
@@ -539,8 +541,13 @@ impl Daemon {
         }
     }
 
+    /// SIGUSR1: the whole-run percentile table, to the log and the histogram log.
     fn report_percentiles(&mut self) {
         tracing::info!("event-to-Redis latency distribution:\n{}", self.latency.percentile_table());
+        self.export_percentiles();
+    }
+
+    fn export_percentiles(&mut self) {
         if let Some(log) = self.hist_log.as_mut() {
             if let Err(e) = log.write_percentile_table(&self.latency).and_then(|()| log.flush()) {
                 tracing::warn!(error = %e, "cannot write the percentile table");

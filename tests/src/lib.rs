@@ -13,14 +13,15 @@ pub mod watch;
 
 pub use daemon::{Daemon, DaemonOpts, RunOutput, Stats};
 pub use db::{
-    appl_db_snapshot, assert_state_matches_kernel, config_db_snapshot, hgetall, seed_config_ports,
-    state_db_mismatches, state_db_port_table, state_db_snapshot, DbSnapshot, DbValue, APPL_DB,
-    CONFIG_DB, STATE_DB,
+    all_links, appl_db_port_table, appl_db_snapshot, assert_state_matches_kernel,
+    config_db_snapshot, hash, hgetall, port_names, port_state, seed_config_port_list,
+    seed_config_ports, state_db_mismatches, state_db_port_table, state_db_snapshot, wait_hash,
+    wait_state_matches_kernel, DbSnapshot, DbValue, Hash, APPL_DB, CONFIG_DB, STATE_DB,
 };
 pub use fixture::Fixture;
 pub use netns::{LinkState, NetNs};
 pub use orchagent::Orchagent;
-pub use poll::{wait_until, wait_until_some};
+pub use poll::{wait_for, wait_until, wait_until_some, DEFAULT_TIMEOUT, STORM_TIMEOUT};
 pub use redis_server::RedisServer;
 pub use watch::KeyspaceWatcher;
 
@@ -63,8 +64,13 @@ pub fn workspace_root() -> PathBuf {
 /// Namespaces, veths and the daemon's capabilities all need root; say so instead of failing later
 /// with a confusing `ip` error.
 pub fn require_root() {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self is owned by the effective uid.
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
     assert!(
-        nix::unistd::geteuid().is_root(),
+        euid == 0,
         "the end-to-end tests need root (network namespaces, veth ports, eBPF): run them as root, \
          e.g. `sudo -E cargo test -p portsyncd-e2e`"
     );
@@ -72,7 +78,7 @@ pub fn require_root() {
 
 /// Generates one `#[test]` per capture mode for a scenario `fn(Capture)`.
 ///
-/// ```ignore
+/// ```text
 /// capture_tests!(scenario_mtu => mtu_change_updates_state_db_netlink, mtu_change_updates_state_db_ebpf);
 /// ```
 #[macro_export]

@@ -69,8 +69,16 @@ impl RedisServer {
             .spawn()
             .map_err(|e| format!("spawn redis-server: {e}"))?;
         let db_config = dir.path().join("database_config.json");
-        let mut server = RedisServer { child, port, socket, db_config, dir };
-        server.write_database_config().map_err(|e| format!("database_config.json: {e}"))?;
+        let mut server = RedisServer {
+            child,
+            port,
+            socket,
+            db_config,
+            dir,
+        };
+        server
+            .write_database_config()
+            .map_err(|e| format!("database_config.json: {e}"))?;
 
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

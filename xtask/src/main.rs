@@ -1,5 +1,9 @@
 //! `cargo xtask <task>`: the commands a developer types. Each task lives in its own module.
 
+mod build_ebpf;
+mod demo;
+mod test;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -10,9 +14,25 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Build the eBPF socket filter object (Debian rustc 1.96, bpf-linker).
+    BuildEbpf(build_ebpf::Options),
+    /// The main job: loopback redis-server, veth ports in a namespace, the daemon, a flap storm,
+    /// the resulting STATE_DB table and the latency histogram (installs what is missing; root).
+    Demo(demo::Options),
+    /// Run the whole test suite (installs what is missing; needs root).
+    Test(test::Options),
+}
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    match cli.command {}
+    let res = match cli.command {
+        Command::BuildEbpf(o) => build_ebpf::run(o),
+        Command::Demo(o) => demo::run(o),
+        Command::Test(o) => test::run_tests(o),
+    };
+    if let Err(e) = res {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,217 @@
+//! Orchagent stand-in: consumes APPL_DB `PORT_TABLE` producer entries (`PORT_TABLE_KEY_SET`,
+//! `_PORT_TABLE:<k>`, `PORT_TABLE_DEL_SET`) into `PORT_TABLE:<k>` with the ConsumerStateTable pops
+//! protocol, woken by `PORT_TABLE_CHANNEL@0` and by a short poll.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::redis_server::RedisServer;
+
+/// The producer's key set.
+pub const KEY_SET: &str = "PORT_TABLE_KEY_SET";
+/// Keys marked for deletion by the producer.
+pub const DEL_SET: &str = "PORT_TABLE_DEL_SET";
+/// The producer's notification channel in APPL_DB (id 0).
+pub const CHANNEL: &str = "PORT_TABLE_CHANNEL@0";
+/// Prefix of the consumed hashes.
+pub const TABLE_PREFIX: &str = "PORT_TABLE:";
+/// orchagent.sh runs orchagent with `-b 1024`.
+pub const POP_BATCH: usize = 1024;
+
+/// Our own text of the pops step (contract §4.3): SPOP up to ARGV[1] keys; for each, apply a
+/// pending delete, then merge the staged fields `ARGV[2]..KEYS[2]..key` into `KEYS[2]..key`.
+const POPS_LUA: &str = r#"
+local popped = redis.call('SPOP', KEYS[1], ARGV[1])
+local out = {}
+for _, key in ipairs(popped) do
+  local target = KEYS[2] .. key
+  local staging = ARGV[2] .. target
+  if redis.call('SREM', KEYS[3], key) == 1 then
+    redis.call('DEL', target)
+  end
+  local fvs = redis.call('HGETALL', staging)
+  for i = 1, #fvs, 2 do
+    redis.call('HSET', target, fvs[i], fvs[i + 1])
+  end
+  redis.call('DEL', staging)
+  out[#out + 1] = {key, fvs}
+end
+return out
+"#;
+
+/// How often the consumer looks at the key set without a notification: it also picks up what was
+/// produced before it subscribed, like the real one seeding its count with SCARD.
+const POLL: Duration = Duration::from_millis(15);
+
+/// One popped entry: key and its staged fields (empty = the consumer sees a DEL).
+pub type Popped = (String, Vec<(String, String)>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    popped_keys: AtomicU64,
+    log: Mutex<Vec<Popped>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Background consumer thread, stopped and joined on drop.
+#[derive(Debug)]
+pub struct Orchagent {
+    shared: Arc<Shared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Orchagent {
+    /// Starts consuming from `redis`'s APPL_DB.
+    pub fn start(redis: &RedisServer) -> Self {
+        let shared = Arc::new(Shared::default());
+        let url = redis.url_db(crate::db::APPL_DB);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let s = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("orchagent-standin".into())
+            .spawn(move || consumer_thread(&url, &s, ready_tx))
+            .unwrap_or_else(|e| panic!("spawn orchagent stand-in: {e}"));
+        // Subscribed before returning, so a publish right after start() is not missed.
+        let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        Orchagent {
+            shared,
+            handle: Some(handle),
+        }
+    }
+
+    /// Number of keys popped so far.
+    pub fn pops(&self) -> u64 {
+        self.shared.popped_keys.load(Ordering::Relaxed)
+    }
+
+    /// Every entry popped so far, in pop order.
+    pub fn popped(&self) -> Vec<Popped> {
+        self.shared
+            .log
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    /// The last Redis error the consumer hit (it keeps retrying).
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Waits until nothing is pending in the producer's key set.
+    pub fn wait_idle(&self, redis: &RedisServer, timeout: Duration) {
+        let mut con = redis.conn(crate::db::APPL_DB);
+        crate::poll::wait_for(
+            timeout,
+            "orchagent stand-in to drain PORT_TABLE_KEY_SET",
+            || {
+                let n: u64 = redis::cmd("SCARD")
+                    .arg(KEY_SET)
+                    .query(&mut con)
+                    .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{n} keys pending (last consumer error: {:?})",
+                        self.last_error()
+                    ))
+                }
+            },
+        );
+    }
+}
+
+impl Drop for Orchagent {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn set_error(s: &Shared, e: impl std::fmt::Display) {
+    if let Ok(mut g) = s.last_error.lock() {
+        *g = Some(e.to_string());
+    }
+}
+
+fn consumer_thread(url: &str, s: &Shared, ready: std::sync::mpsc::Sender<()>) {
+    let script = redis::Script::new(POPS_LUA);
+    let mut ready = Some(ready);
+    while !s.stop.load(Ordering::Relaxed) {
+        // (Re)connect: a test may restart redis-server underneath us.
+        let conns =
+            redis::Client::open(url).and_then(|c| Ok((c.get_connection()?, c.get_connection()?)));
+        let (mut sub_con, mut cmd_con) = match conns {
+            Ok(c) => c,
+            Err(e) => {
+                set_error(s, e);
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let mut sub = sub_con.as_pubsub();
+        if let Err(e) = sub
+            .subscribe(CHANNEL)
+            .and_then(|_| sub.set_read_timeout(Some(POLL)))
+        {
+            set_error(s, e);
+            continue;
+        }
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(());
+        }
+        loop {
+            if s.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match sub.get_message() {
+                Ok(_) => {}
+                Err(e) if e.is_timeout() => {}
+                Err(e) => {
+                    set_error(s, e);
+                    break;
+                }
+            }
+            if let Err(e) = pop_all(&script, &mut cmd_con, s) {
+                set_error(s, e);
+                break;
+            }
+        }
+    }
+}
+
+fn pop_all(
+    script: &redis::Script,
+    con: &mut redis::Connection,
+    s: &Shared,
+) -> redis::RedisResult<()> {
+    loop {
+        let batch: Vec<(String, Vec<String>)> = script
+            .key(KEY_SET)
+            .key(TABLE_PREFIX)
+            .key(DEL_SET)
+            .arg(POP_BATCH)
+            .arg("_")
+            .invoke(con)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        s.popped_keys
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if let Ok(mut log) = s.log.lock() {
+            for (key, flat) in batch {
+                let fvs = flat
+                    .chunks(2)
+                    .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
+                    .collect();
+                log.push((key, fvs));
+            }
+        }
+    }
+}
