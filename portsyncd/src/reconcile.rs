@@ -39,7 +39,11 @@ pub struct Plan {
 /// What portsyncd knows about Redis.
 #[derive(Debug, Default)]
 pub struct Reconciler {
+    /// What STATE_DB holds from us, as far as we know: used to skip identical writes.
     written: HashMap<PortName, PortState>,
+    /// Ports whose entry we published and did not delete. Survives [`Self::forget_redis`], so a
+    /// port that vanished during an outage is still found and deleted by the resync.
+    published: HashSet<PortName>,
     appl_known: HashSet<PortName>,
     port_set: BTreeSet<String>,
     init_done: bool,
@@ -53,6 +57,7 @@ impl Reconciler {
 
     /// Uses `baseline` as what STATE_DB holds (warm restart: the saved or verified state).
     pub fn set_baseline(&mut self, baseline: HashMap<PortName, PortState>) {
+        self.published = baseline.keys().copied().collect();
         self.written = baseline;
     }
 
@@ -105,10 +110,12 @@ impl Reconciler {
             match *op {
                 Op::Write { name, state, .. } => {
                     self.written.insert(name, state);
+                    self.published.insert(name);
                     self.port_set.remove(name.as_str());
                 }
                 Op::Delete { name } => {
                     self.written.remove(&name);
+                    self.published.remove(&name);
                     // The netdev is gone; if it comes back, APPL_DB is checked again.
                     self.appl_known.remove(&name);
                 }
@@ -119,7 +126,7 @@ impl Reconciler {
     /// Ports we hold state for that are absent from a full dump: deleted while we weren't
     /// listening (overrun, restart).
     pub fn vanished(&self, dumped: &HashSet<PortName>) -> Vec<PortName> {
-        self.written.keys().filter(|n| !dumped.contains(*n)).copied().collect()
+        self.published.iter().filter(|n| !dumped.contains(*n)).copied().collect()
     }
 
     /// `PortInitDone` is due: every configured port was seen and it was not sent yet.
@@ -214,6 +221,8 @@ mod tests {
         assert_eq!(r.vanished(&[n("Ethernet0")].into()), [n("Ethernet4")]);
         r.forget_redis();
         assert!(r.written().is_empty());
+        // What we published is still known, so a port that vanished during an outage is found.
+        assert_eq!(r.vanished(&[n("Ethernet0")].into()), [n("Ethernet4")]);
         // After forgetting, even an identical state is written again.
         let plan = r.plan([(n("Ethernet0"), set(true, 1))].into(), &[n("Ethernet0")].into());
         assert_eq!(plan.ops.len(), 1);

@@ -34,8 +34,12 @@ fn scenario_redis_outage(mode: Capture) {
         "link set Ethernet3 down",
         "link set Ethernet3 up",
     ]);
-    // Long enough for the daemon's writes to time out and its retries to fail.
-    std::thread::sleep(Duration::from_secs(7));
+    // Keep Redis stopped until the daemon has noticed (its 5 s response timeout fired), however
+    // slow the machine is, so the outage path really runs.
+    fx.daemon().wait_stats(Duration::from_secs(30), "the daemon to see Redis down", |s| {
+        s.get("/redis_up").and_then(|v| v.as_bool()) == Some(false)
+    });
+    std::thread::sleep(Duration::from_secs(1));
     assert!(fx.daemon().is_running(), "daemon must survive a Redis outage:\n{}", fx.daemon().log_tail(30));
     drop(resume);
 
