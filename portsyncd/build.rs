@@ -26,12 +26,8 @@ fn main() {
 /// 3. Toolchain missing but an object from an earlier build exists: used, with a warning.
 /// 4. Otherwise the build fails and says how to install the toolchain.
 fn run() -> Result<(), String> {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
-    let root = manifest_dir
-        .parent()
-        .ok_or("portsyncd has no parent directory")?
-        .to_path_buf();
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
+    let root = manifest_dir.parent().ok_or("portsyncd has no parent directory")?.to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR unset")?);
     println!("cargo:rerun-if-env-changed=PORTSYNCD_EBPF_OBJECT");
     println!("cargo:rerun-if-env-changed=PORTSYNCD_EBPF_FEATURES");
@@ -45,13 +41,8 @@ fn run() -> Result<(), String> {
         None => build(&root)?,
     };
     let dest = out_dir.join("portsyncd-ebpf.o");
-    fs::copy(&object, &dest).map_err(|e| {
-        format!(
-            "copying eBPF object {} to {}: {e}",
-            object.display(),
-            dest.display()
-        )
-    })?;
+    fs::copy(&object, &dest)
+        .map_err(|e| format!("copying eBPF object {} to {}: {e}", object.display(), dest.display()))?;
     Ok(())
 }
 
@@ -74,17 +65,11 @@ fn build(root: &Path) -> Result<PathBuf, String> {
     }
     let object = root.join("portsyncd-ebpf/target/bpfel-unknown-none/release/portsyncd-ebpf");
     let script = root.join("scripts/build-ebpf.sh");
-    let status = Command::new("bash")
-        .arg(&script)
-        .status()
-        .map_err(|e| format!("running `bash {}`: {e}", script.display()))?;
+    let status =
+        Command::new("bash").arg(&script).status().map_err(|e| format!("running `bash {}`: {e}", script.display()))?;
     match status.code() {
         Some(0) if object.is_file() => Ok(object),
-        Some(0) => Err(format!(
-            "`bash {}` succeeded but {} is missing",
-            script.display(),
-            object.display()
-        )),
+        Some(0) => Err(format!("`bash {}` succeeded but {} is missing", script.display(), object.display())),
         Some(TOOLCHAIN_MISSING) if object.is_file() => {
             println!("cargo:rerun-if-changed={}", object.display());
             println!(

@@ -26,8 +26,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use portsyncd_common::{
-    counter, origin, present, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP,
-    IFNAMSIZ, KIND_LEN, MAX_PREFIXES, PREFIX_LEN, PROGRAM_NAME, RTM_DELLINK, RTM_NEWLINK,
+    counter, origin, present, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ, KIND_LEN,
+    MAX_PREFIXES, PREFIX_LEN, PROGRAM_NAME, RTM_DELLINK, RTM_NEWLINK,
 };
 
 /// `sizeof(struct nlmsghdr)`.
@@ -265,13 +265,7 @@ fn filter(ctx: &SkBuffContext) -> Verdict {
     });
     entry.submit(0);
     bump(counter::EVENTS);
-    debug_log!(
-        ctx,
-        "link event type={} ifindex={} flags={:x}",
-        msg_type,
-        ifi[1],
-        ifi[2]
-    );
+    debug_log!(ctx, "link event type={} ifindex={} flags={:x}", msg_type, ifi[1], ifi[2]);
     Verdict::Captured
 }
 
@@ -324,10 +318,7 @@ fn link_kind(ctx: &SkBuffContext, at: &Offsets) -> Option<(u64, u64, u32)> {
     }
     let rta = load_u32(ctx, at.linkinfo)?;
     let rta_len = rta & 0xffff;
-    if (rta >> 16) & NLA_TYPE_MASK != IFLA_INFO_KIND
-        || rta_len < RTA_HDRLEN
-        || rta_len > at.linkinfo_len
-    {
+    if (rta >> 16) & NLA_TYPE_MASK != IFLA_INFO_KIND || rta_len < RTA_HDRLEN || rta_len > at.linkinfo_len {
         return None;
     }
     load_str16(ctx, at.linkinfo + RTA_HDRLEN, rta_len - RTA_HDRLEN)
@@ -369,16 +360,8 @@ fn load_str16(ctx: &SkBuffContext, off: u32, len: u32) -> Option<(u64, u64, u32)
     let (mask_lo, mask_hi) = byte_masks(kept);
     let (lo, hi) = (words[0] & mask_lo, words[1] & mask_hi);
     let last = kept - 1;
-    let last_byte = if last < 8 {
-        (lo >> (last * 8)) & 0xff
-    } else {
-        (hi >> ((last - 8) * 8)) & 0xff
-    };
-    let str_len = if len <= 16 && last_byte == 0 {
-        last
-    } else {
-        kept
-    };
+    let last_byte = if last < 8 { (lo >> (last * 8)) & 0xff } else { (hi >> ((last - 8) * 8)) & 0xff };
+    let str_len = if len <= 16 && last_byte == 0 { last } else { kept };
     Some((lo, hi, str_len))
 }
 
@@ -387,10 +370,7 @@ fn load_str16(ctx: &SkBuffContext, off: u32, len: u32) -> Option<(u64, u64, u32)
 fn bytes16(lo: u64, hi: u64) -> [u8; 16] {
     let l = lo.to_le_bytes();
     let h = hi.to_le_bytes();
-    [
-        l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], h[0], h[1], h[2], h[3], h[4], h[5], h[6],
-        h[7],
-    ]
+    [l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]
 }
 
 /// True when no prefixes are configured or the name starts with one of them. Compares 8 bytes at

@@ -87,7 +87,8 @@ async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
     let mut lat = LatencyRecorder::new()?;
     let old = HashSet::new();
     // Pre-generate so event construction is not measured.
-    let events: Vec<PortEvent> = (0..args.events).map(|i| event((i % u64::from(args.ports)) as u32, i / u64::from(args.ports))).collect();
+    let events: Vec<PortEvent> =
+        (0..args.events).map(|i| event((i % u64::from(args.ports)) as u32, i / u64::from(args.ports))).collect();
     let mut cost = FlushCost::default();
     let cpu0 = cpu_ns();
     let t0 = Instant::now();
@@ -140,16 +141,33 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(rows)
     })?;
-    println!("userspace pipeline (synthetic events -> batch -> reconcile -> Redis), {} ports, {} events per row", args.ports, args.events);
-    println!("{:>6} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}", "batch", "events/s", "cpu ns/event", "cmds/event", "rtt/event", "p50 us", "p99 us");
+    println!(
+        "userspace pipeline (synthetic events -> batch -> reconcile -> Redis), {} ports, {} events per row",
+        args.ports, args.events
+    );
+    println!(
+        "{:>6} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
+        "batch", "events/s", "cpu ns/event", "cmds/event", "rtt/event", "p50 us", "p99 us"
+    );
     for r in &rows {
         println!(
             "{:>6} {:>12.0} {:>14.0} {:>12.3} {:>14.5} {:>10.1} {:>10.1}",
-            r.batch, r.events_per_s, r.cpu_ns_per_event, r.redis_commands_per_event, r.round_trips_per_event, r.p50_us, r.p99_us
+            r.batch,
+            r.events_per_s,
+            r.cpu_ns_per_event,
+            r.redis_commands_per_event,
+            r.round_trips_per_event,
+            r.p50_us,
+            r.p99_us
         );
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-        println!("ratio cpu/event batch {} vs batch {}: {:.1}x", first.batch, last.batch, first.cpu_ns_per_event / last.cpu_ns_per_event);
+        println!(
+            "ratio cpu/event batch {} vs batch {}: {:.1}x",
+            first.batch,
+            last.batch,
+            first.cpu_ns_per_event / last.cpu_ns_per_event
+        );
     }
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;

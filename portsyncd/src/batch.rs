@@ -80,7 +80,10 @@ impl Coalescer {
                 p.first_ts = p.first_ts.min(ev.timestamp_ns);
             }
             None => {
-                self.pending.insert(name, Pending { state, delete_first: false, first_ts: ev.timestamp_ns, ifindex: ev.ifindex });
+                self.pending.insert(
+                    name,
+                    Pending { state, delete_first: false, first_ts: ev.timestamp_ns, ifindex: ev.ifindex },
+                );
             }
         }
     }

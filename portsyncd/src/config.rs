@@ -212,9 +212,7 @@ impl Config {
             (Some(url), None) => RedisTarget::Url(validate_redis_url(url)?),
             (None, Some(path)) => RedisTarget::DatabaseConfig(path),
             (None, None) => RedisTarget::DatabaseConfig(PathBuf::from(DEFAULT_DATABASE_CONFIG)),
-            (Some(_), Some(_)) => {
-                return Err(invalid("redis", "give either `redis` or `database_config`, not both"))
-            }
+            (Some(_), Some(_)) => return Err(invalid("redis", "give either `redis` or `database_config`, not both")),
         };
         let eoiu = args.eoiu_timeout_secs.or(file.eoiu_timeout_secs).unwrap_or(DEFAULT_EOIU_TIMEOUT_SECS);
         if eoiu == 0 || eoiu > 3600 {
@@ -236,24 +234,17 @@ impl Config {
         if state_backups > 1000 {
             return Err(invalid("state_backups", format!("{state_backups} is more than 1000")));
         }
-        let max_age_days = args
-            .state_max_age_days
-            .or(file.state_max_age_days)
-            .unwrap_or(DEFAULT_STATE_MAX_AGE_DAYS);
+        let max_age_days = args.state_max_age_days.or(file.state_max_age_days).unwrap_or(DEFAULT_STATE_MAX_AGE_DAYS);
         if max_age_days == 0 || max_age_days > 3650 {
             return Err(invalid("state_max_age_days", format!("{max_age_days} is not in 1..=3650")));
         }
-        let save_secs = args
-            .state_save_interval_secs
-            .or(file.state_save_interval_secs)
-            .unwrap_or(DEFAULT_STATE_SAVE_INTERVAL_SECS);
+        let save_secs =
+            args.state_save_interval_secs.or(file.state_save_interval_secs).unwrap_or(DEFAULT_STATE_SAVE_INTERVAL_SECS);
         if save_secs == 0 {
             return Err(invalid("state_save_interval_secs", "must be at least 1"));
         }
-        let hist_secs = args
-            .histogram_interval_secs
-            .or(file.histogram_interval_secs)
-            .unwrap_or(DEFAULT_HISTOGRAM_INTERVAL_SECS);
+        let hist_secs =
+            args.histogram_interval_secs.or(file.histogram_interval_secs).unwrap_or(DEFAULT_HISTOGRAM_INTERVAL_SECS);
         if hist_secs == 0 {
             return Err(invalid("histogram_interval_secs", "must be at least 1"));
         }
@@ -289,8 +280,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
     toml::from_str(&text).map_err(|source| ConfigError::ParseFile { path: path.to_owned(), source })
 }
 

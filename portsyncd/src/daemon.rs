@@ -119,7 +119,11 @@ fn select_capture(cfg: &Config, sock: &NlSocket) -> Result<(Option<EbpfCapture>,
     let ecfg = EbpfConfig { ring_bytes: cfg.ring_bytes, prefixes: vec!["Ethernet".into(), "PortChannel".into()] };
     match EbpfCapture::attach(sock.as_fd(), &ecfg) {
         Ok(cap) => {
-            tracing::info!(load_us = cap.load_duration().as_micros() as u64, ring_bytes = cfg.ring_bytes, "capture mode: ebpf (socket filter attached)");
+            tracing::info!(
+                load_us = cap.load_duration().as_micros() as u64,
+                ring_bytes = cfg.ring_bytes,
+                "capture mode: ebpf (socket filter attached)"
+            );
             Ok((Some(cap), None))
         }
         Err(e) if cfg.capture == CaptureMode::Auto => {
@@ -173,7 +177,10 @@ impl Daemon {
         self.counters.dumps += 1;
         self.counters.dump_intr_retries += u64::from(dump.intr_retries);
         if dump.inconsistent {
-            tracing::warn!(retries = dump.intr_retries, "link dump still interrupted after retries; using it, later events correct it");
+            tracing::warn!(
+                retries = dump.intr_retries,
+                "link dump still interrupted after retries; using it, later events correct it"
+            );
         }
         Ok(dump)
     }
@@ -292,7 +299,11 @@ impl Daemon {
 
     /// Warm start: what STATE_DB holds is the file's content when it was written at a clean
     /// shutdown of this boot; otherwise (crash, kill -9, no file) STATE_DB itself is read.
-    async fn set_warm_baseline(&mut self, loaded: Option<crate::warm_restart::state_file::LoadedState>, dumped: &HashSet<PortName>) {
+    async fn set_warm_baseline(
+        &mut self,
+        loaded: Option<crate::warm_restart::state_file::LoadedState>,
+        dumped: &HashSet<PortName>,
+    ) {
         let mut names: HashSet<PortName> = dumped.clone();
         match loaded {
             Some(l) if l.clean_shutdown && l.same_boot => {
@@ -301,7 +312,11 @@ impl Daemon {
                 return;
             }
             Some(l) => {
-                tracing::info!(clean = l.clean_shutdown, same_boot = l.same_boot, "warm start: state file not from a clean shutdown of this boot; verifying against STATE_DB");
+                tracing::info!(
+                    clean = l.clean_shutdown,
+                    same_boot = l.same_boot,
+                    "warm start: state file not from a clean shutdown of this boot; verifying against STATE_DB"
+                );
                 names.extend(baseline_from_records(&l.ports).into_keys());
             }
             None => tracing::info!("warm start without a usable state file; reading the baseline from STATE_DB"),
@@ -521,7 +536,13 @@ impl Daemon {
         self.write_interval();
         self.export_percentiles();
         let s = self.latency.summary().latency_us;
-        tracing::info!(count = s.count, p50_us = s.p50, p99_us = s.p99, max_us = s.max, "event-to-Redis latency over the run");
+        tracing::info!(
+            count = s.count,
+            p50_us = s.p50,
+            p99_us = s.p99,
+            max_us = s.max,
+            "event-to-Redis latency over the run"
+        );
         self.write_stats();
     }
 
@@ -529,7 +550,9 @@ impl Daemon {
         let records = records_from_state(&self.reconciler.written(), &self.ifindexes);
         match self.store.save(&records, clean, &mut self.warm_metrics) {
             Ok(()) => tracing::debug!(ports = records.len(), clean, "state file saved"),
-            Err(e) => tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "cannot save the warm-restart state file"),
+            Err(e) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "cannot save the warm-restart state file")
+            }
         }
     }
 

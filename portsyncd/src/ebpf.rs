@@ -17,8 +17,8 @@ use aya::{
 };
 use nix::errno::Errno;
 use portsyncd_common::{
-    counter, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ, KIND_LEN,
-    MAX_PREFIXES, PREFIX_LEN, PROGRAM_NAME,
+    counter, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ, KIND_LEN, MAX_PREFIXES,
+    PREFIX_LEN, PROGRAM_NAME,
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -48,10 +48,7 @@ pub struct EbpfConfig {
 
 impl Default for EbpfConfig {
     fn default() -> Self {
-        Self {
-            ring_bytes: DEFAULT_RING_BYTES,
-            prefixes: DEFAULT_PREFIXES.iter().map(|p| (*p).to_owned()).collect(),
-        }
+        Self { ring_bytes: DEFAULT_RING_BYTES, prefixes: DEFAULT_PREFIXES.iter().map(|p| (*p).to_owned()).collect() }
     }
 }
 
@@ -74,9 +71,7 @@ pub struct EbpfCounters {
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     /// More prefixes than the kernel-side table holds.
-    #[error(
-        "eBPF name filter: {count} prefixes configured, the kernel filter holds at most {max}"
-    )]
+    #[error("eBPF name filter: {count} prefixes configured, the kernel filter holds at most {max}")]
     TooManyPrefixes {
         /// Prefixes given.
         count: usize,
@@ -110,9 +105,7 @@ pub enum EbpfError {
         min: u32,
     },
     /// [`EbpfCapture::attach`] was called outside a tokio runtime.
-    #[error(
-        "eBPF capture must be attached inside a tokio runtime (the ring buffer is polled by it)"
-    )]
+    #[error("eBPF capture must be attached inside a tokio runtime (the ring buffer is polled by it)")]
     NoRuntime,
     /// The kernel refused to create a map for lack of privilege.
     #[error("no CAP_BPF/CAP_PERFMON: creating BPF map `{map}` refused ({errno:?})")]
@@ -126,9 +119,7 @@ pub enum EbpfError {
         source: Box<aya::EbpfError>,
     },
     /// The kernel has no `BPF_MAP_TYPE_RINGBUF` (added in Linux 5.8).
-    #[error(
-        "kernel {kernel} has no BPF ring buffer (needs Linux 5.8): creating map `{map}` failed ({errno:?})"
-    )]
+    #[error("kernel {kernel} has no BPF ring buffer (needs Linux 5.8): creating map `{map}` failed ({errno:?})")]
     NoRingBuf {
         /// Map name.
         map: String,
@@ -289,51 +280,28 @@ impl EbpfCapture {
             .map_err(classify_load_error)?;
         let logger = start_logger(&mut bpf);
 
-        let filter_map = bpf.map_mut(FILTER_MAP).ok_or(EbpfError::Missing {
-            kind: "map",
-            name: FILTER_MAP,
-        })?;
+        let filter_map = bpf.map_mut(FILTER_MAP).ok_or(EbpfError::Missing { kind: "map", name: FILTER_MAP })?;
         let mut filter_array: Array<&mut MapData, FilterConfig> =
             Array::try_from(filter_map).map_err(|source| map_error(FILTER_MAP, source))?;
-        filter_array
-            .set(0, filter, 0)
-            .map_err(|source| map_error(FILTER_MAP, source))?;
+        filter_array.set(0, filter, 0).map_err(|source| map_error(FILTER_MAP, source))?;
 
-        let ring_map = bpf.take_map(EVENTS_MAP).ok_or(EbpfError::Missing {
-            kind: "map",
-            name: EVENTS_MAP,
-        })?;
+        let ring_map = bpf.take_map(EVENTS_MAP).ok_or(EbpfError::Missing { kind: "map", name: EVENTS_MAP })?;
         let ring = RingBuf::try_from(ring_map).map_err(|source| map_error(EVENTS_MAP, source))?;
         let ring = register(ring)?;
-        let counters_map = bpf.take_map(COUNTERS_MAP).ok_or(EbpfError::Missing {
-            kind: "map",
-            name: COUNTERS_MAP,
-        })?;
-        let counters = PerCpuArray::try_from(counters_map)
-            .map_err(|source| map_error(COUNTERS_MAP, source))?;
+        let counters_map = bpf.take_map(COUNTERS_MAP).ok_or(EbpfError::Missing { kind: "map", name: COUNTERS_MAP })?;
+        let counters = PerCpuArray::try_from(counters_map).map_err(|source| map_error(COUNTERS_MAP, source))?;
 
         let program: &mut SocketFilter = bpf
             .program_mut(PROGRAM_NAME)
-            .ok_or(EbpfError::Missing {
-                kind: "program",
-                name: PROGRAM_NAME,
-            })?
+            .ok_or(EbpfError::Missing { kind: "program", name: PROGRAM_NAME })?
             .try_into()
-            .map_err(|source| EbpfError::Program {
-                program: PROGRAM_NAME,
-                source: Box::new(source),
-            })?;
+            .map_err(|source| EbpfError::Program { program: PROGRAM_NAME, source: Box::new(source) })?;
         let verify_started = Instant::now();
         program.load().map_err(classify_program_error)?;
         let verify_duration = verify_started.elapsed();
-        program
-            .attach(socket)
-            .map_err(|e| EbpfError::Attach(Box::new(e)))?;
+        program.attach(socket).map_err(|e| EbpfError::Attach(Box::new(e)))?;
         let load_duration = started.elapsed();
-        let verified_instructions = program
-            .info()
-            .ok()
-            .and_then(|info| info.verified_instruction_count());
+        let verified_instructions = program.info().ok().and_then(|info| info.verified_instruction_count());
 
         Ok(Self {
             ring,
@@ -403,10 +371,7 @@ impl EbpfCapture {
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<EbpfCounters, EbpfError> {
         let read = |index: u32| -> Result<u64, EbpfError> {
-            let per_cpu = self
-                .counters
-                .get(&index, 0)
-                .map_err(|source| map_error(COUNTERS_MAP, source))?;
+            let per_cpu = self.counters.get(&index, 0).map_err(|source| map_error(COUNTERS_MAP, source))?;
             Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
         };
         Ok(EbpfCounters {
@@ -443,40 +408,20 @@ impl EbpfCapture {
 /// Builds the kernel filter's table from name prefixes.
 pub fn filter_config(prefixes: &[String]) -> Result<FilterConfig, EbpfError> {
     if prefixes.len() > MAX_PREFIXES {
-        return Err(EbpfError::TooManyPrefixes {
-            count: prefixes.len(),
-            max: MAX_PREFIXES,
-        });
+        return Err(EbpfError::TooManyPrefixes { count: prefixes.len(), max: MAX_PREFIXES });
     }
-    let mut cfg = FilterConfig {
-        prefix_count: 0,
-        prefix_lens: [0; MAX_PREFIXES],
-        prefixes: [[0; PREFIX_LEN]; MAX_PREFIXES],
-    };
-    for ((prefix, len), slot) in prefixes
-        .iter()
-        .zip(cfg.prefix_lens.iter_mut())
-        .zip(cfg.prefixes.iter_mut())
-    {
+    let mut cfg =
+        FilterConfig { prefix_count: 0, prefix_lens: [0; MAX_PREFIXES], prefixes: [[0; PREFIX_LEN]; MAX_PREFIXES] };
+    for ((prefix, len), slot) in prefixes.iter().zip(cfg.prefix_lens.iter_mut()).zip(cfg.prefixes.iter_mut()) {
         let bytes = prefix.as_bytes();
         if bytes.is_empty() {
-            return Err(EbpfError::BadPrefix {
-                prefix: prefix.clone(),
-                reason: "empty",
-            });
+            return Err(EbpfError::BadPrefix { prefix: prefix.clone(), reason: "empty" });
         }
         if bytes.contains(&0) {
-            return Err(EbpfError::BadPrefix {
-                prefix: prefix.clone(),
-                reason: "contains a NUL byte",
-            });
+            return Err(EbpfError::BadPrefix { prefix: prefix.clone(), reason: "contains a NUL byte" });
         }
         if bytes.len() > PREFIX_LEN {
-            return Err(EbpfError::PrefixTooLong {
-                prefix: prefix.clone(),
-                len: bytes.len(),
-                max: PREFIX_LEN,
-            });
+            return Err(EbpfError::PrefixTooLong { prefix: prefix.clone(), len: bytes.len(), max: PREFIX_LEN });
         }
         slot[..bytes.len()].copy_from_slice(bytes);
         // Fits: PREFIX_LEN (16) < 256.
@@ -490,10 +435,7 @@ fn check_ring_bytes(bytes: u32) -> Result<(), EbpfError> {
     if bytes.is_power_of_two() && bytes >= MIN_RING_BYTES {
         Ok(())
     } else {
-        Err(EbpfError::RingSize {
-            bytes,
-            min: MIN_RING_BYTES,
-        })
+        Err(EbpfError::RingSize { bytes, min: MIN_RING_BYTES })
     }
 }
 
@@ -510,8 +452,7 @@ pub fn decode_event(bytes: &[u8]) -> Option<PortEvent> {
     let u16_at = |off: usize| take::<2>(bytes, off).map(u16::from_ne_bytes);
     let u32_at = |off: usize| take::<4>(bytes, off).map(u32::from_ne_bytes);
     Some(PortEvent {
-        timestamp_ns: take::<8>(bytes, offset_of!(PortEvent, timestamp_ns))
-            .map(u64::from_ne_bytes)?,
+        timestamp_ns: take::<8>(bytes, offset_of!(PortEvent, timestamp_ns)).map(u64::from_ne_bytes)?,
         msg_type: u16_at(offset_of!(PortEvent, msg_type))?,
         origin: u8_at(offset_of!(PortEvent, origin))?,
         present: u8_at(offset_of!(PortEvent, present))?,
@@ -543,19 +484,13 @@ fn next_event(ring: &mut RingBuf<MapData>, decode_errors: &mut u64) -> Option<Po
 }
 
 fn map_error(map: &'static str, source: MapError) -> EbpfError {
-    EbpfError::Map {
-        map,
-        source: Box::new(source),
-    }
+    EbpfError::Map { map, source: Box::new(source) }
 }
 
 // tokio 1.54 deprecates the safe constructor in favour of an `unsafe` one; the safety argument
 // is the same either way: the ring's fd is owned by the RingBuf inside the AsyncFd and closed
 // only when it drops.
-#[expect(
-    deprecated,
-    reason = "the safe AsyncFd constructor; the fd is owned by the AsyncFd"
-)]
+#[expect(deprecated, reason = "the safe AsyncFd constructor; the fd is owned by the AsyncFd")]
 fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, EbpfError> {
     AsyncFd::with_interest(ring, Interest::READABLE).map_err(EbpfError::Register)
 }
@@ -573,51 +508,27 @@ fn classify_load_error(error: aya::EbpfError) -> EbpfError {
     };
     let errno = Errno::from_raw(raw.unwrap_or(0));
     match errno {
-        Errno::EPERM | Errno::EACCES => EbpfError::MapRefused {
-            map,
-            errno,
-            source: Box::new(error),
-        },
+        Errno::EPERM | Errno::EACCES => EbpfError::MapRefused { map, errno, source: Box::new(error) },
         // Before 5.8 the map type is unknown, which the kernel reports as EINVAL; the size was
         // validated, so EINVAL on the ring means exactly that.
         Errno::EINVAL if map == EVENTS_MAP => EbpfError::NoRingBuf {
             map,
-            kernel: KernelVersion::current()
-                .map(|v| v.to_string())
-                .unwrap_or_else(|_| "(unknown version)".to_owned()),
+            kernel: KernelVersion::current().map(|v| v.to_string()).unwrap_or_else(|_| "(unknown version)".to_owned()),
             errno,
             source: Box::new(error),
         },
-        _ => EbpfError::MapCreate {
-            map,
-            source: Box::new(error),
-        },
+        _ => EbpfError::MapCreate { map, source: Box::new(error) },
     }
 }
 
 fn classify_program_error(error: ProgramError) -> EbpfError {
-    let ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = &error
-    else {
-        return EbpfError::Program {
-            program: PROGRAM_NAME,
-            source: Box::new(error),
-        };
+    let ProgramError::LoadError { io_error, verifier_log } = &error else {
+        return EbpfError::Program { program: PROGRAM_NAME, source: Box::new(error) };
     };
     let errno = Errno::from_raw(io_error.raw_os_error().unwrap_or(0));
     match program_refusal(errno, &verifier_log.to_string()) {
-        Refusal::Privilege(detail) => EbpfError::ProgramRefused {
-            errno,
-            detail,
-            source: Box::new(error),
-        },
-        Refusal::Verifier(last_line) => EbpfError::VerifierRejected {
-            errno,
-            last_line,
-            source: Box::new(error),
-        },
+        Refusal::Privilege(detail) => EbpfError::ProgramRefused { errno, detail, source: Box::new(error) },
+        Refusal::Verifier(last_line) => EbpfError::VerifierRejected { errno, last_line, source: Box::new(error) },
     }
 }
 
@@ -635,15 +546,9 @@ enum Refusal {
 /// the statistics the kernel appends.
 fn program_refusal(errno: Errno, log: &str) -> Refusal {
     const STATS: [&str; 3] = ["processed ", "verification time ", "stack depth "];
-    let last_line = log
-        .lines()
-        .map(str::trim)
-        .rev()
-        .find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)));
+    let last_line = log.lines().map(str::trim).rev().find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)));
     match last_line {
-        None if matches!(errno, Errno::EPERM | Errno::EACCES) => {
-            Refusal::Privilege("before verification".to_owned())
-        }
+        None if matches!(errno, Errno::EPERM | Errno::EACCES) => Refusal::Privilege("before verification".to_owned()),
         None => Refusal::Verifier("(no verifier log)".to_owned()),
         // The verifier's rules for programs loaded without CAP_PERFMON (`allow_ptr_leaks`).
         Some(line) if line.contains("!root") => Refusal::Privilege(format!("verifier: {line}")),
@@ -658,9 +563,7 @@ fn raise_memlock_limit() {
     let Err(error) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) else {
         return;
     };
-    let memcg_accounting = KernelVersion::current()
-        .map(|v| v >= KernelVersion::new(5, 11, 0))
-        .unwrap_or(false);
+    let memcg_accounting = KernelVersion::current().map(|v| v >= KernelVersion::new(5, 11, 0)).unwrap_or(false);
     if memcg_accounting {
         tracing::debug!(%error, "cannot raise RLIMIT_MEMLOCK (not needed on this kernel)");
     } else {
@@ -679,10 +582,7 @@ fn start_logger(bpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             return None;
         }
     };
-    #[expect(
-        deprecated,
-        reason = "the safe AsyncFd constructor; the fd is owned by the AsyncFd"
-    )]
+    #[expect(deprecated, reason = "the safe AsyncFd constructor; the fd is owned by the AsyncFd")]
     let mut fd = match AsyncFd::with_interest(logger, Interest::READABLE) {
         Ok(fd) => fd,
         Err(error) => {
@@ -738,42 +638,17 @@ mod tests {
     fn filter_config_rejects_what_the_kernel_table_cannot_hold() {
         let five = strings(&["a", "b", "c", "d", "e"]);
         let err = filter_config(&five).unwrap_err();
-        assert!(
-            matches!(err, EbpfError::TooManyPrefixes { count: 5, max: 4 }),
-            "{err:?}"
-        );
+        assert!(matches!(err, EbpfError::TooManyPrefixes { count: 5, max: 4 }), "{err:?}");
         assert!(err.to_string().contains("at most 4"), "{err}");
 
         let long = strings(&["Ethernet", "ABCDEFGHIJKLMNOPQ"]);
         let err = filter_config(&long).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                EbpfError::PrefixTooLong {
-                    len: 17,
-                    max: 16,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, EbpfError::PrefixTooLong { len: 17, max: 16, .. }), "{err:?}");
         assert!(err.to_string().contains("ABCDEFGHIJKLMNOPQ"), "{err}");
 
-        assert!(
-            filter_config(&strings(&["ABCDEFGHIJKLMNOP"])).is_ok(),
-            "16 bytes fit"
-        );
-        assert!(matches!(
-            filter_config(&strings(&[""])),
-            Err(EbpfError::BadPrefix {
-                reason: "empty",
-                ..
-            })
-        ));
-        assert!(matches!(
-            filter_config(&strings(&["Eth\0"])),
-            Err(EbpfError::BadPrefix { .. })
-        ));
+        assert!(filter_config(&strings(&["ABCDEFGHIJKLMNOP"])).is_ok(), "16 bytes fit");
+        assert!(matches!(filter_config(&strings(&[""])), Err(EbpfError::BadPrefix { reason: "empty", .. })));
+        assert!(matches!(filter_config(&strings(&["Eth\0"])), Err(EbpfError::BadPrefix { .. })));
         assert!(!filter_config(&five).unwrap_err().is_unsupported());
     }
 
@@ -782,10 +657,7 @@ mod tests {
         assert!(check_ring_bytes(DEFAULT_RING_BYTES).is_ok());
         assert!(check_ring_bytes(4096).is_ok());
         for bad in [0, 2048, 4095, 6000, 3 << 20] {
-            assert!(
-                matches!(check_ring_bytes(bad), Err(EbpfError::RingSize { bytes, .. }) if bytes == bad),
-                "{bad}"
-            );
+            assert!(matches!(check_ring_bytes(bad), Err(EbpfError::RingSize { bytes, .. }) if bytes == bad), "{bad}");
         }
     }
 
@@ -855,22 +727,13 @@ mod tests {
         };
         let eperm = error(COUNTERS_MAP, libc::EPERM);
         assert!(eperm.is_unsupported());
-        assert_eq!(
-            eperm.to_string(),
-            "no CAP_BPF/CAP_PERFMON: creating BPF map `COUNTERS` refused (EPERM)"
-        );
+        assert_eq!(eperm.to_string(), "no CAP_BPF/CAP_PERFMON: creating BPF map `COUNTERS` refused (EPERM)");
         assert!(error(EVENTS_MAP, libc::EACCES).is_unsupported());
 
         let no_ringbuf = error(EVENTS_MAP, libc::EINVAL);
-        assert!(
-            matches!(no_ringbuf, EbpfError::NoRingBuf { .. }),
-            "{no_ringbuf:?}"
-        );
+        assert!(matches!(no_ringbuf, EbpfError::NoRingBuf { .. }), "{no_ringbuf:?}");
         assert!(no_ringbuf.is_unsupported());
-        assert!(
-            no_ringbuf.to_string().contains("needs Linux 5.8"),
-            "{no_ringbuf}"
-        );
+        assert!(no_ringbuf.to_string().contains("needs Linux 5.8"), "{no_ringbuf}");
 
         let enomem = error(EVENTS_MAP, libc::ENOMEM);
         assert!(matches!(enomem, EbpfError::MapCreate { .. }), "{enomem:?}");
@@ -900,10 +763,7 @@ mod tests {
             ),
             Refusal::Verifier("R2 pointer arithmetic prohibited".to_owned())
         );
-        assert_eq!(
-            program_refusal(Errno::EINVAL, ""),
-            Refusal::Verifier("(no verifier log)".to_owned())
-        );
+        assert_eq!(program_refusal(Errno::EINVAL, ""), Refusal::Verifier("(no verifier log)".to_owned()));
     }
 
     /// The real thing: loads the program onto a netlink socket inside a fresh network namespace,
@@ -931,9 +791,7 @@ mod tests {
         };
 
         use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
-        use portsyncd_common::{
-            origin, present, PortEvent, IFF_RUNNING, IFF_UP, RTM_DELLINK, RTM_NEWLINK,
-        };
+        use portsyncd_common::{origin, present, PortEvent, IFF_RUNNING, IFF_UP, RTM_DELLINK, RTM_NEWLINK};
 
         use super::super::*;
         use super::NETNS_CHILD_ENV;
@@ -953,25 +811,13 @@ mod tests {
 
         pub(super) fn run_parent(test_name: &str) {
             let ns = NetNs(format!("psebpf{}", std::process::id()));
-            let added = Command::new("ip")
-                .args(["netns", "add", &ns.0])
-                .status()
-                .unwrap();
-            assert!(
-                added.success(),
-                "`ip netns add` failed: this test needs root"
-            );
+            let added = Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap();
+            assert!(added.success(), "`ip netns add` failed: this test needs root");
             let exe = std::env::current_exe().unwrap();
             let out = Command::new("ip")
                 .args(["netns", "exec", &ns.0])
                 .arg(exe)
-                .args([
-                    test_name,
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args([test_name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
                 .env(NETNS_CHILD_ENV, "1")
                 .output()
                 .unwrap();
@@ -1021,17 +867,11 @@ mod tests {
         }
 
         fn named<'a>(events: &'a [PortEvent], name: &str) -> Vec<&'a PortEvent> {
-            events
-                .iter()
-                .filter(|e| e.name_bytes() == name.as_bytes())
-                .collect()
+            events.iter().filter(|e| e.name_bytes() == name.as_bytes()).collect()
         }
 
         pub(super) fn run_child() {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 ip("link set lo up");
                 let sock = event_socket();

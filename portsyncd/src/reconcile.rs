@@ -70,11 +70,7 @@ impl Reconciler {
 
     /// Ports with a pending write whose APPL_DB presence is not known yet.
     pub fn presence_unknown(&self, pending: &HashMap<PortName, Pending>) -> Vec<PortName> {
-        pending
-            .iter()
-            .filter(|(n, p)| p.state.is_some() && !self.appl_known.contains(*n))
-            .map(|(n, _)| *n)
-            .collect()
+        pending.iter().filter(|(n, p)| p.state.is_some() && !self.appl_known.contains(*n)).map(|(n, _)| *n).collect()
     }
 
     /// Turns pending changes into operations. `present` answers [`Self::presence_unknown`].
@@ -163,7 +159,12 @@ mod tests {
         PortName::new(s.as_bytes()).unwrap()
     }
     fn set(admin: bool, mtu: u32) -> Pending {
-        Pending { state: Some(PortState { admin_up: admin, oper_up: false, mtu }), delete_first: false, first_ts: 1, ifindex: 1 }
+        Pending {
+            state: Some(PortState { admin_up: admin, oper_up: false, mtu }),
+            delete_first: false,
+            first_ts: 1,
+            ifindex: 1,
+        }
     }
 
     #[test]
@@ -217,7 +218,9 @@ mod tests {
     #[test]
     fn vanished_ports_and_forget_redis() {
         let mut r = Reconciler::new(BTreeSet::new());
-        r.set_baseline([(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())].into());
+        r.set_baseline(
+            [(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())].into(),
+        );
         assert_eq!(r.vanished(&[n("Ethernet0")].into()), [n("Ethernet4")]);
         r.forget_redis();
         assert!(r.written().is_empty());

@@ -169,9 +169,7 @@ impl SonicDbs {
 
     /// All databases on one server, under their standard ids and separators.
     pub fn from_url(url: &str) -> Result<Self, SonicDbError> {
-        let base = url
-            .into_connection_info()
-            .map_err(|source| SonicDbError::Url { url: url.to_owned(), source })?;
+        let base = url.into_connection_info().map_err(|source| SonicDbError::Url { url: url.to_owned(), source })?;
         let loc = |db: Db| DbLocation {
             info: with_db(base.clone(), db.standard_id()),
             id: db.standard_id(),
@@ -183,16 +181,13 @@ impl SonicDbs {
     /// Parses SONiC's database_config.json. Like swss-common, a unix socket is preferred over TCP
     /// when the instance has one.
     pub fn from_database_config(path: &Path) -> Result<Self, SonicDbError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SonicDbError::Read { path: path.to_owned(), source })?;
-        let file: DatabaseConfigFile = serde_json::from_str(&text)
-            .map_err(|source| SonicDbError::Parse { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SonicDbError::Read { path: path.to_owned(), source })?;
+        let file: DatabaseConfigFile =
+            serde_json::from_str(&text).map_err(|source| SonicDbError::Parse { path: path.to_owned(), source })?;
         let layout = |reason: String| SonicDbError::Layout { path: path.to_owned(), reason };
         let loc = |db: Db| -> Result<DbLocation, SonicDbError> {
-            let entry = file
-                .databases
-                .get(db.name())
-                .ok_or_else(|| layout(format!("no DATABASES.{}", db.name())))?;
+            let entry = file.databases.get(db.name()).ok_or_else(|| layout(format!("no DATABASES.{}", db.name())))?;
             let separator = match entry.separator.as_str() {
                 ":" => ':',
                 "|" => '|',
@@ -212,9 +207,8 @@ impl SonicDbs {
                     )))
                 }
             };
-            let info = addr
-                .into_connection_info()
-                .map_err(|e| layout(format!("instance `{}`: {e}", entry.instance)))?;
+            let info =
+                addr.into_connection_info().map_err(|e| layout(format!("instance `{}`: {e}", entry.instance)))?;
             Ok(DbLocation { info: with_db(info, entry.id), id: entry.id, separator })
         };
         Ok(Self { appl: loc(Db::Appl)?, config: loc(Db::Config)?, state: loc(Db::State)? })

@@ -33,7 +33,10 @@ pub async fn run(dbs: &SonicDbs) -> Result<Startup, WriteError> {
 
     link_logger(&mut config, dbs).await?;
     let switch_type: Option<String> = config
-        .query_one("HGET DEVICE_METADATA", redis::cmd("HGET").arg(dbs.config.key("DEVICE_METADATA", "localhost")).arg("switch_type"))
+        .query_one(
+            "HGET DEVICE_METADATA",
+            redis::cmd("HGET").arg(dbs.config.key("DEVICE_METADATA", "localhost")).arg("switch_type"),
+        )
         .await?;
     let switch_type = switch_type.unwrap_or_else(|| "switch".to_owned());
     let (warm, restore_count) = check_warm_start(&mut state, dbs).await?;
@@ -64,7 +67,10 @@ async fn link_logger(config: &mut DbConn, dbs: &SonicDbs) -> Result<(), WriteErr
         let mut pipe = redis::pipe();
         pipe.hset_multiple(
             &key,
-            &[("LOGLEVEL", level.unwrap_or_else(|| "NOTICE".into())), ("LOGOUTPUT", output.unwrap_or_else(|| "SYSLOG".into()))],
+            &[
+                ("LOGLEVEL", level.unwrap_or_else(|| "NOTICE".into())),
+                ("LOGOUTPUT", output.unwrap_or_else(|| "SYSLOG".into())),
+            ],
         )
         .ignore();
         config.query::<()>("HSET LOGGER", &pipe).await?;
@@ -110,7 +116,10 @@ async fn check_warm_start(state: &mut DbConn, dbs: &SonicDbs) -> Result<(bool, u
 type FieldValues = Vec<(String, String)>;
 
 /// Every CONFIG_DB `PORT|<p>` hash, verbatim. Entries that are not hashes are logged and skipped.
-async fn read_config_ports(config: &mut DbConn, dbs: &SonicDbs) -> Result<(Vec<(String, FieldValues)>, Vec<String>), WriteError> {
+async fn read_config_ports(
+    config: &mut DbConn,
+    dbs: &SonicDbs,
+) -> Result<(Vec<(String, FieldValues)>, Vec<String>), WriteError> {
     tracing::info!("Getting port configuration from ConfigDB...");
     let prefix = dbs.config.key(CFG_PORT_TABLE, "");
     let keys: Vec<String> = config.query_one("KEYS PORT|*", redis::cmd("KEYS").arg(format!("{prefix}*"))).await?;
@@ -143,7 +152,11 @@ async fn read_config_ports(config: &mut DbConn, dbs: &SonicDbs) -> Result<(Vec<(
 
 /// C++ LinkSync constructor, step 1: a port whose APPL_DB entry has `admin_status` had its
 /// host interface created in an earlier run, so it is not waited for.
-async fn prune_existing_host_interfaces(appl: &mut DbConn, dbs: &SonicDbs, port_set: &mut BTreeSet<String>) -> Result<(), WriteError> {
+async fn prune_existing_host_interfaces(
+    appl: &mut DbConn,
+    dbs: &SonicDbs,
+    port_set: &mut BTreeSet<String>,
+) -> Result<(), WriteError> {
     if port_set.is_empty() {
         return Ok(());
     }

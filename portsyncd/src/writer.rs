@@ -51,7 +51,10 @@ impl WriteError {
         match self {
             WriteError::Connect { .. } => true,
             WriteError::Command { source, .. } => {
-                source.is_io_error() || source.is_connection_dropped() || source.is_timeout() || source.is_unrecoverable_error()
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_timeout()
+                    || source.is_unrecoverable_error()
             }
         }
     }
@@ -98,9 +101,11 @@ impl DbConn {
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await.map_err(err)?;
         for s in &self.scripts {
-            s.load_async(&mut conn)
-                .await
-                .map_err(|source| WriteError::Command { what: "SCRIPT LOAD", db: name, source })?;
+            s.load_async(&mut conn).await.map_err(|source| WriteError::Command {
+                what: "SCRIPT LOAD",
+                db: name,
+                source,
+            })?;
         }
         if self.reconnects > 0 {
             tracing::info!(db = name, "reconnected to Redis");
@@ -109,7 +114,11 @@ impl DbConn {
     }
 
     /// Runs `pipe`, dropping the connection if it turned out to be gone.
-    pub async fn query<T: redis::FromRedisValue>(&mut self, what: &'static str, pipe: &redis::Pipeline) -> Result<T, WriteError> {
+    pub async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        what: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, WriteError> {
         let name = self.name;
         let conn = self.get().await?;
         match pipe.query_async(conn).await {
@@ -128,7 +137,11 @@ impl DbConn {
 
 impl DbConn {
     /// Runs one command.
-    pub async fn query_one<T: redis::FromRedisValue>(&mut self, what: &'static str, cmd: &redis::Cmd) -> Result<T, WriteError> {
+    pub async fn query_one<T: redis::FromRedisValue>(
+        &mut self,
+        what: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, WriteError> {
         let mut pipe = redis::pipe();
         pipe.add_command(cmd.clone());
         let (v,): (T,) = self.query(what, &pipe).await?;
@@ -137,7 +150,11 @@ impl DbConn {
 
     /// Runs `pipe` returning each reply as a raw value, so that one command's error (e.g.
     /// WRONGTYPE) does not fail the others.
-    pub async fn query_raw(&mut self, what: &'static str, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, WriteError> {
+    pub async fn query_raw(
+        &mut self,
+        what: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::Value>, WriteError> {
         let mut pipe = pipe.clone();
         pipe.ignore_errors();
         self.query(what, &pipe).await
@@ -189,7 +206,11 @@ impl Writer {
     }
 
     /// Which of `names` have an APPL_DB `PORT_TABLE:<p>` entry (the consumed hash).
-    pub async fn present_in_appl(&mut self, names: &[PortName], cost: &mut FlushCost) -> Result<HashSet<PortName>, WriteError> {
+    pub async fn present_in_appl(
+        &mut self,
+        names: &[PortName],
+        cost: &mut FlushCost,
+    ) -> Result<HashSet<PortName>, WriteError> {
         if names.is_empty() {
             return Ok(HashSet::new());
         }

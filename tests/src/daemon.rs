@@ -36,11 +36,7 @@ pub fn daemon_binary() -> PathBuf {
     let bin = std::env::var_os("PORTSYNCD_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::workspace_root().join("target/debug/portsyncd"));
-    assert!(
-        bin.is_file(),
-        "portsyncd binary not found at {}: build it: cargo build -p portsyncd",
-        bin.display()
-    );
+    assert!(bin.is_file(), "portsyncd binary not found at {}: build it: cargo build -p portsyncd", bin.display());
     bin
 }
 
@@ -65,14 +61,7 @@ pub struct DaemonOpts {
 impl DaemonOpts {
     /// Defaults for `capture`.
     pub fn new(capture: Capture) -> Self {
-        DaemonOpts {
-            capture,
-            extra_args: Vec::new(),
-            env: Vec::new(),
-            redis_args: None,
-            work_dir: None,
-            binary: None,
-        }
+        DaemonOpts { capture, extra_args: Vec::new(), env: Vec::new(), redis_args: None, work_dir: None, binary: None }
     }
 
     /// Runs `path` instead of the default binary.
@@ -146,25 +135,17 @@ impl Stats {
 
     /// `capture_fallback_reason`.
     pub fn capture_fallback_reason(&self) -> Option<&str> {
-        self.0
-            .get("capture_fallback_reason")
-            .and_then(Value::as_str)
+        self.0.get("capture_fallback_reason").and_then(Value::as_str)
     }
 
     /// `initial_sync_done`.
     pub fn initial_sync_done(&self) -> bool {
-        self.0
-            .get("initial_sync_done")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        self.0.get("initial_sync_done").and_then(Value::as_bool).unwrap_or(false)
     }
 
     /// `port_init_done`.
     pub fn port_init_done(&self) -> bool {
-        self.0
-            .get("port_init_done")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        self.0.get("port_init_done").and_then(Value::as_bool).unwrap_or(false)
     }
 
     /// `warm_start`.
@@ -179,19 +160,12 @@ impl Stats {
 
     /// `counters.<name>` (0 when absent).
     pub fn counter(&self, name: &str) -> u64 {
-        self.0
-            .get("counters")
-            .and_then(|c| c.get(name))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
+        self.0.get("counters").and_then(|c| c.get(name)).and_then(Value::as_u64).unwrap_or(0)
     }
 
     /// `ebpf.<name>` (`None` when there is no eBPF section).
     pub fn ebpf_counter(&self, name: &str) -> Option<u64> {
-        self.0
-            .get("ebpf")
-            .and_then(|e| e.get(name))
-            .and_then(Value::as_u64)
+        self.0.get("ebpf").and_then(|e| e.get(name)).and_then(Value::as_u64)
     }
 }
 
@@ -248,26 +222,17 @@ impl Daemon {
                 WorkDir::Given(d.clone())
             }
             None => WorkDir::Owned(
-                tempfile::Builder::new()
-                    .prefix("psd-daemon-")
-                    .tempdir()
-                    .unwrap_or_else(|e| panic!("tempdir: {e}")),
+                tempfile::Builder::new().prefix("psd-daemon-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
             ),
         };
         let dir = work.path().to_path_buf();
         let stats = dir.join("stats.json");
         let state_file = dir.join("state").join("port_state.json");
-        let log = dir.join(format!(
-            "portsyncd-{}.log",
-            LOG_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let log = dir.join(format!("portsyncd-{}.log", LOG_COUNTER.fetch_add(1, Ordering::Relaxed)));
         // A stale stats file from a previous daemon in the same directory must not look "ready".
         let _ = fs::remove_file(&stats);
 
-        let mut args: Vec<String> = opts
-            .redis_args
-            .clone()
-            .unwrap_or_else(|| vec!["--redis".into(), redis.url()]);
+        let mut args: Vec<String> = opts.redis_args.clone().unwrap_or_else(|| vec!["--redis".into(), redis.url()]);
         args.extend([
             "--stats-file".into(),
             stats.display().to_string(),
@@ -279,9 +244,7 @@ impl Daemon {
         args.extend(opts.extra_args.iter().cloned());
 
         let logf = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let logf2 = logf
-            .try_clone()
-            .unwrap_or_else(|e| panic!("dup log fd: {e}"));
+        let logf2 = logf.try_clone().unwrap_or_else(|e| panic!("dup log fd: {e}"));
         let mut cmd = Command::new(ip_bin());
         cmd.args(["netns", "exec", ns.name()]).arg(&bin).args(&args);
         clean_env(&mut cmd);
@@ -295,24 +258,14 @@ impl Daemon {
             .stderr(Stdio::from(logf2))
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        Daemon {
-            child,
-            exit: None,
-            log,
-            stats,
-            state_file,
-            work,
-        }
+        Daemon { child, exit: None, log, stats, state_file, work }
     }
 
     /// Runs the binary in `ns` with exactly `args` (no harness flags) until it exits or `timeout`
     /// passes (then it is killed and `status` is `None`); stdout and stderr are kept apart.
     pub fn run_once(ns: &NetNs, args: &[&str], timeout: Duration) -> RunOutput {
         let bin = daemon_binary();
-        let dir = tempfile::Builder::new()
-            .prefix("psd-run-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::Builder::new().prefix("psd-run-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let out_path = dir.path().join("stdout");
         let err_path = dir.path().join("stderr");
         let out = File::create(&out_path).unwrap_or_else(|e| panic!("create stdout file: {e}"));
@@ -376,9 +329,7 @@ impl Daemon {
     pub fn error_lines(&self) -> String {
         self.log()
             .lines()
-            .filter(|l| {
-                l.starts_with("portsyncd: error:") || l.contains(" ERROR ") || l.contains(" WARN ")
-            })
+            .filter(|l| l.starts_with("portsyncd: error:") || l.contains(" ERROR ") || l.contains(" WARN "))
             .map(|l| l.chars().take(400).collect::<String>())
             .collect::<Vec<_>>()
             .join("\n")
@@ -413,12 +364,7 @@ impl Daemon {
 
     /// Polls the stats file until `pred` holds; panics (with the log tail) on timeout or if the
     /// daemon exits first.
-    pub fn wait_stats(
-        &mut self,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&Stats) -> bool,
-    ) -> Stats {
+    pub fn wait_stats(&mut self, timeout: Duration, what: &str, pred: impl Fn(&Stats) -> bool) -> Stats {
         let start = Instant::now();
         loop {
             let stats = self.stats();
@@ -439,9 +385,7 @@ impl Daemon {
                 panic!(
                     "timed out after {:.1} s waiting for portsyncd {what}\nlast stats: {}",
                     start.elapsed().as_secs_f64(),
-                    stats
-                        .map(|s| s.0.to_string())
-                        .unwrap_or_else(|| "none".into()),
+                    stats.map(|s| s.0.to_string()).unwrap_or_else(|| "none".into()),
                 );
             }
             std::thread::sleep(crate::poll::POLL_INTERVAL);
@@ -472,10 +416,7 @@ impl Daemon {
             return st;
         }
         let _ = self.child.kill();
-        let st = self
-            .child
-            .wait()
-            .unwrap_or_else(|e| panic!("wait portsyncd: {e}"));
+        let st = self.child.wait().unwrap_or_else(|e| panic!("wait portsyncd: {e}"));
         self.exit = Some(st);
         st
     }

@@ -37,43 +37,31 @@ pub type DbSnapshot = BTreeMap<String, DbValue>;
 
 /// HGETALL `key`.
 pub fn hgetall(con: &mut redis::Connection, key: &str) -> Hash {
-    redis::cmd("HGETALL")
-        .arg(key)
-        .query(con)
-        .unwrap_or_else(|e| panic!("HGETALL {key}: {e}"))
+    redis::cmd("HGETALL").arg(key).query(con).unwrap_or_else(|e| panic!("HGETALL {key}: {e}"))
 }
 
 /// Polls until hash `key` in database `db` is exactly `want` (empty `want` = key absent).
 pub fn wait_hash(redis: &RedisServer, db: u32, key: &str, want: &Hash) {
     let mut con = redis.conn(db);
-    crate::poll::wait_for(
-        crate::poll::DEFAULT_TIMEOUT,
-        &format!("db {db} {key} = {want:?}"),
-        || {
-            let got = hgetall(&mut con, key);
-            if &got == want {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
-    );
+    crate::poll::wait_for(crate::poll::DEFAULT_TIMEOUT, &format!("db {db} {key} = {want:?}"), || {
+        let got = hgetall(&mut con, key);
+        if &got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
 }
 
 /// Builds a [`Hash`] from pairs.
 pub fn hash(pairs: &[(&str, &str)]) -> Hash {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 /// KEYS `pattern`, sorted.
 pub fn keys(con: &mut redis::Connection, pattern: &str) -> Vec<String> {
-    let mut k: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query(con)
-        .unwrap_or_else(|e| panic!("KEYS {pattern}: {e}"));
+    let mut k: Vec<String> =
+        redis::cmd("KEYS").arg(pattern).query(con).unwrap_or_else(|e| panic!("KEYS {pattern}: {e}"));
     k.sort();
     k
 }
@@ -83,32 +71,12 @@ pub fn db_snapshot(redis: &RedisServer, db: u32) -> DbSnapshot {
     let mut con = redis.conn(db);
     let mut snap = DbSnapshot::new();
     for key in keys(&mut con, "*") {
-        let ty: String = redis::cmd("TYPE")
-            .arg(&key)
-            .query(&mut con)
-            .unwrap_or_else(|e| panic!("TYPE {key}: {e}"));
+        let ty: String = redis::cmd("TYPE").arg(&key).query(&mut con).unwrap_or_else(|e| panic!("TYPE {key}: {e}"));
         let v = match ty.as_str() {
-            "string" => DbValue::String(
-                redis::cmd("GET")
-                    .arg(&key)
-                    .query(&mut con)
-                    .unwrap_or_default(),
-            ),
+            "string" => DbValue::String(redis::cmd("GET").arg(&key).query(&mut con).unwrap_or_default()),
             "hash" => DbValue::Hash(hgetall(&mut con, &key)),
-            "set" => DbValue::Set(
-                redis::cmd("SMEMBERS")
-                    .arg(&key)
-                    .query(&mut con)
-                    .unwrap_or_default(),
-            ),
-            "list" => DbValue::List(
-                redis::cmd("LRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-1)
-                    .query(&mut con)
-                    .unwrap_or_default(),
-            ),
+            "set" => DbValue::Set(redis::cmd("SMEMBERS").arg(&key).query(&mut con).unwrap_or_default()),
+            "list" => DbValue::List(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query(&mut con).unwrap_or_default()),
             // Deleted between KEYS and TYPE.
             "none" => continue,
             other => DbValue::Other(other.to_owned()),
@@ -167,10 +135,7 @@ pub fn port_names(ports: impl IntoIterator<Item = u32>) -> Vec<String> {
 
 /// The CONFIG_DB `PORT|Ethernet<i>` fields the harness seeds (what sonic-cfggen would write).
 pub fn config_port_fields(i: u32) -> Vec<(String, String)> {
-    let lanes = (0..4)
-        .map(|l| (i * 4 + l).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let lanes = (0..4).map(|l| (i * 4 + l).to_string()).collect::<Vec<_>>().join(",");
     vec![
         ("admin_status".into(), "up".into()),
         ("alias".into(), format!("etp{i}")),
@@ -187,10 +152,7 @@ pub fn seed_config_ports(redis: &RedisServer, n: u32) -> Vec<String> {
 }
 
 /// Writes CONFIG_DB `PORT|Ethernet<i>` for each given `i`; returns the names.
-pub fn seed_config_port_list(
-    redis: &RedisServer,
-    ports: impl IntoIterator<Item = u32>,
-) -> Vec<String> {
+pub fn seed_config_port_list(redis: &RedisServer, ports: impl IntoIterator<Item = u32>) -> Vec<String> {
     let mut con = redis.conn(CONFIG_DB);
     let mut names = Vec::new();
     let mut pipe = redis::pipe();
@@ -205,8 +167,7 @@ pub fn seed_config_port_list(
         names.push(name);
     }
     if !names.is_empty() {
-        pipe.query::<()>(&mut con)
-            .unwrap_or_else(|e| panic!("seeding CONFIG_DB PORT: {e}"));
+        pipe.query::<()>(&mut con).unwrap_or_else(|e| panic!("seeding CONFIG_DB PORT: {e}"));
     }
     names
 }
@@ -224,13 +185,7 @@ pub fn expected_state_fields(link: &crate::netns::LinkState) -> Hash {
 
 /// The exact STATE_DB `PORT_TABLE|<p>` row portsyncd writes for this admin/oper/mtu.
 pub fn port_state(admin_up: bool, oper_up: bool, mtu: u32) -> Hash {
-    expected_state_fields(&crate::netns::LinkState {
-        ifindex: 0,
-        flags: 0,
-        admin_up,
-        oper_up,
-        mtu,
-    })
+    expected_state_fields(&crate::netns::LinkState { ifindex: 0, flags: 0, admin_up, oper_up, mtu })
 }
 
 /// Ports whose STATE_DB row differs from the kernel (one line each; empty = all match). Only the
@@ -247,12 +202,7 @@ pub fn state_db_mismatches(ns: &NetNs, redis: &RedisServer, ports: &[String]) ->
         let want = expected_state_fields(link);
         let got: Hash = table
             .get(p)
-            .map(|h| {
-                h.iter()
-                    .filter(|(k, _)| want.contains_key(*k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
+            .map(|h| h.iter().filter(|(k, _)| want.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         if got != want {
             bad.push(format!("{p}: kernel {want:?}, STATE_DB {got:?}"));
@@ -264,12 +214,7 @@ pub fn state_db_mismatches(ns: &NetNs, redis: &RedisServer, ports: &[String]) ->
 /// Asserts (once, no polling) that STATE_DB equals the kernel for every port in `ports`.
 pub fn assert_state_matches_kernel(ns: &NetNs, redis: &RedisServer, ports: &[String]) {
     let bad = state_db_mismatches(ns, redis, ports);
-    assert!(
-        bad.is_empty(),
-        "STATE_DB differs from the kernel for {} port(s):\n{}",
-        bad.len(),
-        summarize(&bad)
-    );
+    assert!(bad.is_empty(), "STATE_DB differs from the kernel for {} port(s):\n{}", bad.len(), summarize(&bad));
 }
 
 /// Polls until STATE_DB equals the kernel for every port in `ports` and `kernel_settled` holds
@@ -282,32 +227,23 @@ pub fn wait_state_matches_kernel(
     timeout: Duration,
     kernel_settled: impl Fn(&BTreeMap<String, crate::netns::LinkState>) -> bool,
 ) {
-    crate::poll::wait_for(
-        timeout,
-        &format!("STATE_DB to equal the kernel for {} ports", ports.len()),
-        || {
-            if !kernel_settled(&ns.links()) {
-                return Err("kernel not settled yet".to_owned());
-            }
-            let bad = state_db_mismatches(ns, redis, ports);
-            if bad.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{} mismatching:\n{}", bad.len(), summarize(&bad)))
-            }
-        },
-    )
+    crate::poll::wait_for(timeout, &format!("STATE_DB to equal the kernel for {} ports", ports.len()), || {
+        if !kernel_settled(&ns.links()) {
+            return Err("kernel not settled yet".to_owned());
+        }
+        let bad = state_db_mismatches(ns, redis, ports);
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} mismatching:\n{}", bad.len(), summarize(&bad)))
+        }
+    })
 }
 
 /// First lines of a long list, with a count of the rest.
 pub fn summarize(lines: &[String]) -> String {
     const SHOWN: usize = 10;
-    let mut s = lines
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let mut s = lines.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("\n");
     if lines.len() > SHOWN {
         s.push_str(&format!("\n... and {} more", lines.len() - SHOWN));
     }
@@ -320,11 +256,5 @@ pub fn all_links(
     admin: bool,
     oper: bool,
 ) -> impl Fn(&BTreeMap<String, crate::netns::LinkState>) -> bool + '_ {
-    move |links| {
-        ports.iter().all(|p| {
-            links
-                .get(p)
-                .is_some_and(|l| l.admin_up == admin && l.oper_up == oper)
-        })
-    }
+    move |links| ports.iter().all(|p| links.get(p).is_some_and(|l| l.admin_up == admin && l.oper_up == oper))
 }

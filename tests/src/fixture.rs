@@ -37,14 +37,7 @@ impl Fixture {
         let ports = db::seed_config_ports(&redis, n);
         let orch = Orchagent::start(&redis);
         let ns = NetNs::new();
-        Fixture {
-            daemon: None,
-            orch,
-            ns,
-            redis,
-            capture,
-            ports,
-        }
+        Fixture { daemon: None, orch, ns, redis, capture, ports }
     }
 
     /// [`Fixture::new`] plus the daemon started with default options and ready.
@@ -61,9 +54,7 @@ impl Fixture {
             old.stop();
         }
         let want = opts.capture;
-        let d = self
-            .daemon
-            .insert(Daemon::start(&self.ns, &self.redis, opts));
+        let d = self.daemon.insert(Daemon::start(&self.ns, &self.redis, opts));
         let stats = d.wait_ready();
         if want != Capture::Auto {
             assert_eq!(
@@ -79,9 +70,7 @@ impl Fixture {
 
     /// The running daemon.
     pub fn daemon(&mut self) -> &mut Daemon {
-        self.daemon
-            .as_mut()
-            .unwrap_or_else(|| panic!("daemon not started"))
+        self.daemon.as_mut().unwrap_or_else(|| panic!("daemon not started"))
     }
 
     /// Creates `Ethernet<i>`/`pe<i>` for each `i` and brings both ends up.
@@ -102,53 +91,39 @@ impl Fixture {
 
     /// STATE_DB `PORT_TABLE|<name>` (empty if absent).
     pub fn state_entry(&self, name: &str) -> Hash {
-        db::hgetall(
-            &mut self.redis.conn(db::STATE_DB),
-            &format!("PORT_TABLE|{name}"),
-        )
+        db::hgetall(&mut self.redis.conn(db::STATE_DB), &format!("PORT_TABLE|{name}"))
     }
 
     /// APPL_DB `PORT_TABLE:<name>` (empty if absent).
     pub fn appl_entry(&self, name: &str) -> Hash {
-        db::hgetall(
-            &mut self.redis.conn(db::APPL_DB),
-            &format!("PORT_TABLE:{name}"),
-        )
+        db::hgetall(&mut self.redis.conn(db::APPL_DB), &format!("PORT_TABLE:{name}"))
     }
 
     /// Waits until STATE_DB `PORT_TABLE|<name>` is exactly `want`.
     pub fn wait_state_entry(&self, name: &str, want: &Hash) {
         let mut con = self.redis.conn(db::STATE_DB);
         let key = format!("PORT_TABLE|{name}");
-        crate::poll::wait_for(
-            crate::poll::DEFAULT_TIMEOUT,
-            &format!("STATE_DB {key} = {want:?}"),
-            || {
-                let got = db::hgetall(&mut con, &key);
-                if &got == want {
-                    Ok(())
-                } else {
-                    Err(format!("{got:?}"))
-                }
-            },
-        );
+        crate::poll::wait_for(crate::poll::DEFAULT_TIMEOUT, &format!("STATE_DB {key} = {want:?}"), || {
+            let got = db::hgetall(&mut con, &key);
+            if &got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
     }
 
     /// Waits until STATE_DB `PORT_TABLE|<name>` does not exist.
     pub fn wait_state_absent(&self, name: &str) {
         let mut con = self.redis.conn(db::STATE_DB);
         let key = format!("PORT_TABLE|{name}");
-        crate::poll::wait_for(
-            crate::poll::DEFAULT_TIMEOUT,
-            &format!("STATE_DB {key} to be deleted"),
-            || {
-                let got = db::hgetall(&mut con, &key);
-                if got.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("{got:?}"))
-                }
-            },
-        );
+        crate::poll::wait_for(crate::poll::DEFAULT_TIMEOUT, &format!("STATE_DB {key} to be deleted"), || {
+            let got = db::hgetall(&mut con, &key);
+            if got.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
     }
 }

@@ -13,10 +13,9 @@ pub mod watch;
 
 pub use daemon::{Daemon, DaemonOpts, RunOutput, Stats};
 pub use db::{
-    all_links, appl_db_port_table, appl_db_snapshot, assert_state_matches_kernel,
-    config_db_snapshot, hash, hgetall, port_names, port_state, seed_config_port_list,
-    seed_config_ports, state_db_mismatches, state_db_port_table, state_db_snapshot, wait_hash,
-    wait_state_matches_kernel, DbSnapshot, DbValue, Hash, APPL_DB, CONFIG_DB, STATE_DB,
+    all_links, appl_db_port_table, appl_db_snapshot, assert_state_matches_kernel, config_db_snapshot, hash, hgetall,
+    port_names, port_state, seed_config_port_list, seed_config_ports, state_db_mismatches, state_db_port_table,
+    state_db_snapshot, wait_hash, wait_state_matches_kernel, DbSnapshot, DbValue, Hash, APPL_DB, CONFIG_DB, STATE_DB,
 };
 pub use fixture::Fixture;
 pub use netns::{LinkState, NetNs};
@@ -66,9 +65,7 @@ pub fn workspace_root() -> PathBuf {
 pub fn require_root() {
     use std::os::unix::fs::MetadataExt;
     // /proc/self is owned by the effective uid.
-    let euid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
+    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
     assert!(
         euid == 0,
         "the end-to-end tests need root (network namespaces, veth ports, eBPF): run them as root, \

@@ -43,12 +43,7 @@ pub struct NetNs {
 /// The `ip` binary (root's PATH has /usr/sbin, a plain user's may not).
 pub fn ip_bin() -> PathBuf {
     which("ip")
-        .or_else(|| {
-            ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"]
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        })
+        .or_else(|| ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].iter().map(PathBuf::from).find(|p| p.is_file()))
         .unwrap_or_else(|| panic!("`ip` (iproute2) not found: run `bash scripts/install-deps.sh`"))
 }
 
@@ -56,20 +51,11 @@ impl NetNs {
     /// Creates `psd<pid>x<counter>`.
     pub fn new() -> Self {
         crate::require_root();
-        let name = format!(
-            "psd{}x{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let out = Command::new(ip_bin())
-            .args(["netns", "add", &name])
-            .output();
+        let name = format!("psd{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let out = Command::new(ip_bin()).args(["netns", "add", &name]).output();
         match out {
             Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
+            Ok(o) => panic!("ip netns add {name}: {}", String::from_utf8_lossy(&o.stderr)),
             Err(e) => panic!("ip netns add {name}: {e}"),
         }
         NetNs { name }
@@ -121,17 +107,10 @@ impl NetNs {
             text.push('\n');
         }
         {
-            let mut stdin = child
-                .stdin
-                .take()
-                .unwrap_or_else(|| panic!("ip -batch stdin"));
-            stdin
-                .write_all(text.as_bytes())
-                .unwrap_or_else(|e| panic!("write ip -batch: {e}"));
+            let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("ip -batch stdin"));
+            stdin.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("write ip -batch: {e}"));
         }
-        let out = child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("wait ip -batch: {e}"));
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("wait ip -batch: {e}"));
         assert!(
             out.status.success(),
             "ip -n {} -batch failed ({} lines, first: {:?}): {}",
@@ -154,24 +133,13 @@ impl NetNs {
 
     /// Creates the veth pair `Ethernet<n>` / `pe<n>` (both down).
     pub fn veth(&self, n: u32) {
-        self.ip(&[
-            "link",
-            "add",
-            &format!("Ethernet{n}"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("pe{n}"),
-        ]);
+        self.ip(&["link", "add", &format!("Ethernet{n}"), "type", "veth", "peer", "name", &format!("pe{n}")]);
     }
 
     /// Creates veth pairs `Ethernet<n>` / `pe<n>` for every `n`, in one `ip -batch`.
     pub fn veths(&self, ports: impl IntoIterator<Item = u32>) {
-        let lines: Vec<String> = ports
-            .into_iter()
-            .map(|n| format!("link add Ethernet{n} type veth peer name pe{n}"))
-            .collect();
+        let lines: Vec<String> =
+            ports.into_iter().map(|n| format!("link add Ethernet{n} type veth peer name pe{n}")).collect();
         if !lines.is_empty() {
             self.batch(&lines);
         }
@@ -181,12 +149,7 @@ impl NetNs {
     pub fn ports_up(&self, ports: impl IntoIterator<Item = u32>) {
         let lines: Vec<String> = ports
             .into_iter()
-            .flat_map(|n| {
-                [
-                    format!("link set pe{n} up"),
-                    format!("link set Ethernet{n} up"),
-                ]
-            })
+            .flat_map(|n| [format!("link set pe{n} up"), format!("link set Ethernet{n} up")])
             .collect();
         if !lines.is_empty() {
             self.batch(&lines);
@@ -213,11 +176,9 @@ done"#;
             let [name, ifindex, flags, mtu, operstate] = parts[..] else {
                 continue;
             };
-            let (Ok(ifindex), Ok(flags), Ok(mtu)) = (
-                ifindex.parse::<u32>(),
-                u32::from_str_radix(flags.trim_start_matches("0x"), 16),
-                mtu.parse::<u32>(),
-            ) else {
+            let (Ok(ifindex), Ok(flags), Ok(mtu)) =
+                (ifindex.parse::<u32>(), u32::from_str_radix(flags.trim_start_matches("0x"), 16), mtu.parse::<u32>())
+            else {
                 continue;
             };
             links.insert(
@@ -241,14 +202,9 @@ done"#;
 
     /// pids of processes whose network namespace is this one.
     pub fn pids(&self) -> Vec<i32> {
-        let out = Command::new(ip_bin())
-            .args(["netns", "pids", &self.name])
-            .output();
+        let out = Command::new(ip_bin()).args(["netns", "pids", &self.name]).output();
         match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect(),
+            Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect(),
             Err(_) => Vec::new(),
         }
     }

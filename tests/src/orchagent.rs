@@ -76,10 +76,7 @@ impl Orchagent {
             .unwrap_or_else(|e| panic!("spawn orchagent stand-in: {e}"));
         // Subscribed before returning, so a publish right after start() is not missed.
         let _ = ready_rx.recv_timeout(Duration::from_secs(5));
-        Orchagent {
-            shared,
-            handle: Some(handle),
-        }
+        Orchagent { shared, handle: Some(handle) }
     }
 
     /// Number of keys popped so far.
@@ -89,11 +86,7 @@ impl Orchagent {
 
     /// Every entry popped so far, in pop order.
     pub fn popped(&self) -> Vec<Popped> {
-        self.shared
-            .log
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default()
+        self.shared.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// The last Redis error the consumer hit (it keeps retrying).
@@ -104,24 +97,14 @@ impl Orchagent {
     /// Waits until nothing is pending in the producer's key set.
     pub fn wait_idle(&self, redis: &RedisServer, timeout: Duration) {
         let mut con = redis.conn(crate::db::APPL_DB);
-        crate::poll::wait_for(
-            timeout,
-            "orchagent stand-in to drain PORT_TABLE_KEY_SET",
-            || {
-                let n: u64 = redis::cmd("SCARD")
-                    .arg(KEY_SET)
-                    .query(&mut con)
-                    .map_err(|e| e.to_string())?;
-                if n == 0 {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{n} keys pending (last consumer error: {:?})",
-                        self.last_error()
-                    ))
-                }
-            },
-        );
+        crate::poll::wait_for(timeout, "orchagent stand-in to drain PORT_TABLE_KEY_SET", || {
+            let n: u64 = redis::cmd("SCARD").arg(KEY_SET).query(&mut con).map_err(|e| e.to_string())?;
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} keys pending (last consumer error: {:?})", self.last_error()))
+            }
+        });
     }
 }
 
@@ -145,8 +128,7 @@ fn consumer_thread(url: &str, s: &Shared, ready: std::sync::mpsc::Sender<()>) {
     let mut ready = Some(ready);
     while !s.stop.load(Ordering::Relaxed) {
         // (Re)connect: a test may restart redis-server underneath us.
-        let conns =
-            redis::Client::open(url).and_then(|c| Ok((c.get_connection()?, c.get_connection()?)));
+        let conns = redis::Client::open(url).and_then(|c| Ok((c.get_connection()?, c.get_connection()?)));
         let (mut sub_con, mut cmd_con) = match conns {
             Ok(c) => c,
             Err(e) => {
@@ -156,10 +138,7 @@ fn consumer_thread(url: &str, s: &Shared, ready: std::sync::mpsc::Sender<()>) {
             }
         };
         let mut sub = sub_con.as_pubsub();
-        if let Err(e) = sub
-            .subscribe(CHANNEL)
-            .and_then(|_| sub.set_read_timeout(Some(POLL)))
-        {
+        if let Err(e) = sub.subscribe(CHANNEL).and_then(|_| sub.set_read_timeout(Some(POLL))) {
             set_error(s, e);
             continue;
         }
@@ -186,30 +165,17 @@ fn consumer_thread(url: &str, s: &Shared, ready: std::sync::mpsc::Sender<()>) {
     }
 }
 
-fn pop_all(
-    script: &redis::Script,
-    con: &mut redis::Connection,
-    s: &Shared,
-) -> redis::RedisResult<()> {
+fn pop_all(script: &redis::Script, con: &mut redis::Connection, s: &Shared) -> redis::RedisResult<()> {
     loop {
-        let batch: Vec<(String, Vec<String>)> = script
-            .key(KEY_SET)
-            .key(TABLE_PREFIX)
-            .key(DEL_SET)
-            .arg(POP_BATCH)
-            .arg("_")
-            .invoke(con)?;
+        let batch: Vec<(String, Vec<String>)> =
+            script.key(KEY_SET).key(TABLE_PREFIX).key(DEL_SET).arg(POP_BATCH).arg("_").invoke(con)?;
         if batch.is_empty() {
             return Ok(());
         }
-        s.popped_keys
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        s.popped_keys.fetch_add(batch.len() as u64, Ordering::Relaxed);
         if let Ok(mut log) = s.log.lock() {
             for (key, flat) in batch {
-                let fvs = flat
-                    .chunks(2)
-                    .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
-                    .collect();
+                let fvs = flat.chunks(2).filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone()))).collect();
                 log.push((key, fvs));
             }
         }

@@ -15,22 +15,12 @@ pub const STORM_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Polls `cond` until it is true; panics after `timeout` with `what`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    wait_for(timeout, what, || {
-        if cond() {
-            Ok(())
-        } else {
-            Err("condition still false".to_owned())
-        }
-    })
+    wait_for(timeout, what, || if cond() { Ok(()) } else { Err("condition still false".to_owned()) })
 }
 
 /// Polls `check` until it returns `Ok`; panics after `timeout` with `what` (the expectation) and
 /// the last `Err` (what was seen instead).
-pub fn wait_for<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
     let start = Instant::now();
     loop {
         match check() {
@@ -50,7 +40,5 @@ pub fn wait_for<T>(
 
 /// Like [`wait_for`] but for a value that is simply absent until it appears.
 pub fn wait_until_some<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    wait_for(timeout, what, || {
-        f().ok_or_else(|| "nothing yet".to_owned())
-    })
+    wait_for(timeout, what, || f().ok_or_else(|| "nothing yet".to_owned()))
 }

@@ -42,10 +42,7 @@ impl RedisServer {
     }
 
     fn try_start() -> Result<Self, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("psd-redis-")
-            .tempdir()
-            .map_err(|e| format!("tempdir: {e}"))?;
+        let dir = tempfile::Builder::new().prefix("psd-redis-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let port = free_port().map_err(|e| format!("free port: {e}"))?;
         let socket = dir.path().join("redis.sock");
         let log = dir.path().join("redis.log");
@@ -69,16 +66,8 @@ impl RedisServer {
             .spawn()
             .map_err(|e| format!("spawn redis-server: {e}"))?;
         let db_config = dir.path().join("database_config.json");
-        let mut server = RedisServer {
-            child,
-            port,
-            socket,
-            db_config,
-            dir,
-        };
-        server
-            .write_database_config()
-            .map_err(|e| format!("database_config.json: {e}"))?;
+        let mut server = RedisServer { child, port, socket, db_config, dir };
+        server.write_database_config().map_err(|e| format!("database_config.json: {e}"))?;
 
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -199,7 +188,5 @@ fn free_port() -> std::io::Result<u16> {
 /// First `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }

@@ -36,8 +36,7 @@ impl KeyspaceWatcher {
         let channel = format!("{prefix}{pattern}");
         let shared = Arc::new(Shared::default());
         let s = Arc::clone(&shared);
-        let client =
-            redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis client: {e}"));
+        let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis client: {e}"));
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let handle = std::thread::spawn(move || {
             let mut con = match client.get_connection() {
@@ -48,9 +47,7 @@ impl KeyspaceWatcher {
                 }
             };
             let mut sub = con.as_pubsub();
-            if let Err(e) = sub
-                .psubscribe(&channel)
-                .and_then(|_| sub.set_read_timeout(Some(Duration::from_millis(20))))
+            if let Err(e) = sub.psubscribe(&channel).and_then(|_| sub.set_read_timeout(Some(Duration::from_millis(20))))
             {
                 let _ = tx.send(Err(e.to_string()));
                 return;
@@ -59,11 +56,7 @@ impl KeyspaceWatcher {
             while !s.stop.load(Ordering::Relaxed) {
                 match sub.get_message() {
                     Ok(msg) => {
-                        let key = msg
-                            .get_channel_name()
-                            .strip_prefix(&prefix)
-                            .unwrap_or_default()
-                            .to_owned();
+                        let key = msg.get_channel_name().strip_prefix(&prefix).unwrap_or_default().to_owned();
                         let event: String = msg.get_payload().unwrap_or_default();
                         if let Ok(mut ev) = s.events.lock() {
                             ev.push((key, event));
@@ -79,45 +72,30 @@ impl KeyspaceWatcher {
             Ok(Err(e)) => panic!("keyspace watcher subscribe: {e}"),
             Err(e) => panic!("keyspace watcher did not subscribe: {e}"),
         }
-        KeyspaceWatcher {
-            shared,
-            handle: Some(handle),
-        }
+        KeyspaceWatcher { shared, handle: Some(handle) }
     }
 
     /// All `(key, event)` pairs so far.
     pub fn events(&self) -> Vec<(String, String)> {
-        self.shared
-            .events
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
+        self.shared.events.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// Waits until at least `n` events on `key` were received. Redis delivers notifications in
     /// command order, so once a later write's event is here, every earlier one is too.
     pub fn wait_events_for(&self, key: &str, n: usize) {
-        crate::poll::wait_for(
-            crate::poll::DEFAULT_TIMEOUT,
-            &format!("{n} keyspace events on {key}"),
-            || {
-                let ev = self.events_for(key);
-                if ev.len() >= n {
-                    Ok(())
-                } else {
-                    Err(format!("{ev:?}"))
-                }
-            },
-        );
+        crate::poll::wait_for(crate::poll::DEFAULT_TIMEOUT, &format!("{n} keyspace events on {key}"), || {
+            let ev = self.events_for(key);
+            if ev.len() >= n {
+                Ok(())
+            } else {
+                Err(format!("{ev:?}"))
+            }
+        });
     }
 
     /// Events on exactly `key`.
     pub fn events_for(&self, key: &str) -> Vec<String> {
-        self.events()
-            .into_iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, e)| e)
-            .collect()
+        self.events().into_iter().filter(|(k, _)| k == key).map(|(_, e)| e).collect()
     }
 }
 

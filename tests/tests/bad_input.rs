@@ -4,38 +4,23 @@
 use std::time::Duration;
 
 use portsyncd_e2e::{
-    all_links, appl_db_port_table, capture_tests, hash, port_state, state_db_port_table, wait_for,
-    wait_hash, Capture, Daemon, DaemonOpts, Fixture, NetNs, RunOutput, APPL_DB, CONFIG_DB,
-    DEFAULT_TIMEOUT,
+    all_links, appl_db_port_table, capture_tests, hash, port_state, state_db_port_table, wait_for, wait_hash, Capture,
+    Daemon, DaemonOpts, Fixture, NetNs, RunOutput, APPL_DB, CONFIG_DB, DEFAULT_TIMEOUT,
 };
 
 const EXIT_DEADLINE: Duration = Duration::from_secs(20);
 
 fn error_lines(out: &RunOutput) -> Vec<&str> {
-    out.stderr
-        .lines()
-        .filter(|l| l.starts_with("portsyncd: error:"))
-        .collect()
+    out.stderr.lines().filter(|l| l.starts_with("portsyncd: error:")).collect()
 }
 
 /// Runs with `args` plus harmless paths for the files the daemon would write.
 fn run(ns: &NetNs, args: &[&str]) -> RunOutput {
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("stats.json").display().to_string();
-    let state = dir
-        .path()
-        .join("state/port_state.json")
-        .display()
-        .to_string();
+    let state = dir.path().join("state/port_state.json").display().to_string();
     let mut all: Vec<&str> = args.to_vec();
-    all.extend([
-        "--capture",
-        "netlink",
-        "--stats-file",
-        &stats,
-        "--state-file",
-        &state,
-    ]);
+    all.extend(["--capture", "netlink", "--stats-file", &stats, "--state-file", &state]);
     Daemon::run_once(ns, &all, EXIT_DEADLINE)
 }
 
@@ -48,48 +33,23 @@ fn assert_exit_1_with_one_error_line(out: &RunOutput, mentions: &str) {
         out.stderr
     );
     let errors = error_lines(out);
-    assert_eq!(
-        errors.len(),
-        1,
-        "expected exactly one `portsyncd: error:` line on stderr, got:\n{}",
-        out.stderr
-    );
-    assert!(
-        errors[0].contains(mentions),
-        "error line should mention {mentions:?}: {}",
-        errors[0]
-    );
+    assert_eq!(errors.len(), 1, "expected exactly one `portsyncd: error:` line on stderr, got:\n{}", out.stderr);
+    assert!(errors[0].contains(mentions), "error line should mention {mentions:?}: {}", errors[0]);
 }
 
 #[test]
 fn unknown_flag_exits_2() {
     let ns = NetNs::new();
     let out = Daemon::run_once(&ns, &["--no-such-flag"], EXIT_DEADLINE);
-    assert_eq!(
-        out.status.and_then(|s| s.code()),
-        Some(2),
-        "status {:?}, stderr:\n{}",
-        out.status,
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("--no-such-flag"),
-        "clap should name the flag:\n{}",
-        out.stderr
-    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "status {:?}, stderr:\n{}", out.status, out.stderr);
+    assert!(out.stderr.contains("--no-such-flag"), "clap should name the flag:\n{}", out.stderr);
 }
 
 #[test]
 fn invalid_flag_value_exits_2() {
     let ns = NetNs::new();
     let out = Daemon::run_once(&ns, &["--capture", "carrier-pigeon"], EXIT_DEADLINE);
-    assert_eq!(
-        out.status.and_then(|s| s.code()),
-        Some(2),
-        "status {:?}, stderr:\n{}",
-        out.status,
-        out.stderr
-    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "status {:?}, stderr:\n{}", out.status, out.stderr);
 }
 
 #[test]
@@ -123,8 +83,7 @@ fn unreachable_redis_from_database_config_exits_1_with_one_error_line() {
     let ns = NetNs::new();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("database_config.json");
-    let db =
-        |id: u32, sep: &str| serde_json::json!({"id": id, "separator": sep, "instance": "redis"});
+    let db = |id: u32, sep: &str| serde_json::json!({"id": id, "separator": sep, "instance": "redis"});
     let cfg = serde_json::json!({
         "INSTANCES": {"redis": {"hostname": "127.0.0.1", "port": 1,
                                 "unix_socket_path": dir.path().join("missing.sock").display().to_string()}},
@@ -142,53 +101,29 @@ fn unreachable_redis_from_database_config_exits_1_with_one_error_line() {
 fn scenario_malformed_config_entry(mode: Capture) {
     let mut fx = Fixture::new(mode, 4);
     let mut config = fx.redis.conn(CONFIG_DB);
-    redis::cmd("SET")
-        .arg("PORT|Ethernet5")
-        .arg("lanes=20,21")
-        .query::<()>(&mut config)
-        .unwrap();
+    redis::cmd("SET").arg("PORT|Ethernet5").arg("lanes=20,21").query::<()>(&mut config).unwrap();
     fx.start_daemon(DaemonOpts::new(mode));
 
-    wait_for(
-        DEFAULT_TIMEOUT,
-        "APPL_DB PORT_TABLE with the 4 well-formed ports",
-        || {
-            let t = appl_db_port_table(&fx.redis);
-            if fx.ports.iter().all(|p| t.contains_key(p)) && t.contains_key("PortConfigDone") {
-                Ok(())
-            } else {
-                Err(format!("{:?}", t.keys().collect::<Vec<_>>()))
-            }
-        },
-    );
-    wait_hash(
-        &fx.redis,
-        APPL_DB,
-        "PORT_TABLE:PortConfigDone",
-        &hash(&[("count", "4")]),
-    );
+    wait_for(DEFAULT_TIMEOUT, "APPL_DB PORT_TABLE with the 4 well-formed ports", || {
+        let t = appl_db_port_table(&fx.redis);
+        if fx.ports.iter().all(|p| t.contains_key(p)) && t.contains_key("PortConfigDone") {
+            Ok(())
+        } else {
+            Err(format!("{:?}", t.keys().collect::<Vec<_>>()))
+        }
+    });
+    wait_hash(&fx.redis, APPL_DB, "PORT_TABLE:PortConfigDone", &hash(&[("count", "4")]));
     assert!(fx.appl_entry("Ethernet5").is_empty());
 
     fx.create_ports([0, 1, 2, 3, 5]);
     fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, all_links(&fx.ports, true, true));
-    wait_hash(
-        &fx.redis,
-        APPL_DB,
-        "PORT_TABLE:PortInitDone",
-        &hash(&[("lanes", "0")]),
-    );
+    wait_hash(&fx.redis, APPL_DB, "PORT_TABLE:PortInitDone", &hash(&[("lanes", "0")]));
     fx.ns.ip(&["link", "set", "pe2", "down"]);
     fx.wait_state_entry("Ethernet2", &port_state(true, false, 1500));
     assert!(!state_db_port_table(&fx.redis).contains_key("Ethernet5"));
-    assert!(
-        fx.daemon().is_running(),
-        "daemon exited on a malformed CONFIG_DB entry"
-    );
+    assert!(fx.daemon().is_running(), "daemon exited on a malformed CONFIG_DB entry");
     let log = fx.daemon().log();
-    assert!(
-        log.contains("Ethernet5"),
-        "the skipped entry should be logged by name; log:\n{log}"
-    );
+    assert!(log.contains("Ethernet5"), "the skipped entry should be logged by name; log:\n{log}");
 }
 
 capture_tests! {

@@ -36,7 +36,11 @@ fn auto_capture_without_bpf_capabilities_falls_back_to_netlink() {
     assert_eq!(stats.capture_mode(), Some("netlink"), "{:?}", stats.0);
     let reason = stats.capture_fallback_reason().unwrap_or_default().to_owned();
     assert!(reason.contains("CAP_BPF"), "fallback reason names the missing capability: {reason:?}");
-    assert!(daemon.log().contains("capture mode: netlink (eBPF unavailable)"), "one log line says so:\n{}", daemon.log());
+    assert!(
+        daemon.log().contains("capture mode: netlink (eBPF unavailable)"),
+        "one log line says so:\n{}",
+        daemon.log()
+    );
     fx.daemon = Some(daemon);
     // And it still does its job.
     fx.create_ports(0..2);
@@ -53,7 +57,8 @@ fn ebpf_capture_without_bpf_capabilities_refuses_to_start() {
     let mut daemon = Daemon::start(&fx.ns, &fx.redis, DaemonOpts::new(Capture::Ebpf).binary(&wrapper));
     let status = daemon.wait_exit(Duration::from_secs(20)).expect("daemon must exit on its own");
     assert_eq!(status.code(), Some(1), "exit code 1:\n{}", daemon.log());
-    let errors: Vec<String> = daemon.log().lines().filter(|l| l.starts_with("portsyncd: error:")).map(str::to_owned).collect();
+    let errors: Vec<String> =
+        daemon.log().lines().filter(|l| l.starts_with("portsyncd: error:")).map(str::to_owned).collect();
     assert_eq!(errors.len(), 1, "exactly one error line:\n{}", daemon.log());
     assert!(errors[0].contains("eBPF") && errors[0].contains("CAP_BPF"), "{}", errors[0]);
 }

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use portsyncd_e2e::{
-    all_links, appl_db_snapshot, config_db_snapshot, hash, state_db_snapshot, wait_hash, Capture,
-    DbSnapshot, Fixture, APPL_DB, DEFAULT_TIMEOUT,
+    all_links, appl_db_snapshot, config_db_snapshot, hash, state_db_snapshot, wait_hash, Capture, DbSnapshot, Fixture,
+    APPL_DB, DEFAULT_TIMEOUT,
 };
 
 const N: u32 = 16;
@@ -17,12 +17,7 @@ fn run(mode: Capture) -> (DbSnapshot, DbSnapshot, DbSnapshot) {
     fx.create_ports(0..N);
     fx.ns.veths([99]);
     fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, all_links(&fx.ports, true, true));
-    wait_hash(
-        &fx.redis,
-        APPL_DB,
-        "PORT_TABLE:PortInitDone",
-        &hash(&[("lanes", "0")]),
-    );
+    wait_hash(&fx.redis, APPL_DB, "PORT_TABLE:PortInitDone", &hash(&[("lanes", "0")]));
 
     let mut lines: Vec<String> = Vec::new();
     lines.extend((0..N).map(|i| format!("link set Ethernet{i} down")));
@@ -46,16 +41,9 @@ fn run(mode: Capture) -> (DbSnapshot, DbSnapshot, DbSnapshot) {
         .map(String::from),
     );
     fx.ns.batch(&lines);
-    let remaining: Vec<String> = fx
-        .ports
-        .iter()
-        .filter(|p| *p != "Ethernet9")
-        .cloned()
-        .collect();
+    let remaining: Vec<String> = fx.ports.iter().filter(|p| *p != "Ethernet9").cloned().collect();
     fx.wait_state_matches_kernel(&remaining, DEFAULT_TIMEOUT, |links| {
-        links
-            .get("Ethernet12")
-            .is_some_and(|l| l.mtu == 4000 && !l.oper_up)
+        links.get("Ethernet12").is_some_and(|l| l.mtu == 4000 && !l.oper_up)
             && links.get("Ethernet3").is_some_and(|l| !l.oper_up)
             && links.get("Ethernet5").is_some_and(|l| !l.admin_up)
             && !links.contains_key("Ethernet9")
@@ -64,16 +52,8 @@ fn run(mode: Capture) -> (DbSnapshot, DbSnapshot, DbSnapshot) {
     fx.orch.wait_idle(&fx.redis, DEFAULT_TIMEOUT);
     // Stop first so nothing changes while the snapshots are read.
     let st = fx.daemon().stop();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "{mode}: SIGTERM must exit 0, got {st:?}"
-    );
-    (
-        appl_db_snapshot(&fx.redis),
-        state_db_snapshot(&fx.redis),
-        config_db_snapshot(&fx.redis),
-    )
+    assert_eq!(st.code(), Some(0), "{mode}: SIGTERM must exit 0, got {st:?}");
+    (appl_db_snapshot(&fx.redis), state_db_snapshot(&fx.redis), config_db_snapshot(&fx.redis))
 }
 
 fn diff(what: &str, a: &DbSnapshot, b: &DbSnapshot) -> Vec<String> {
@@ -93,9 +73,6 @@ fn netlink_and_ebpf_leave_identical_redis_state() {
     d.extend(diff("CONFIG_DB", &config_n, &config_e));
     assert!(d.is_empty(), "capture modes disagree:\n{}", d.join("\n"));
     // Not vacuous: the runs really published the ports.
-    assert!(
-        state_n.contains_key("PORT_TABLE|Ethernet0")
-            && appl_n.contains_key("PORT_TABLE:PortInitDone")
-    );
+    assert!(state_n.contains_key("PORT_TABLE|Ethernet0") && appl_n.contains_key("PORT_TABLE:PortInitDone"));
     assert!(!state_n.contains_key("PORT_TABLE|Ethernet9"));
 }

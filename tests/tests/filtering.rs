@@ -3,8 +3,8 @@
 //! nothing at all.
 
 use portsyncd_e2e::{
-    all_links, appl_db_port_table, capture_tests, port_state, state_db_port_table, Capture,
-    Fixture, KeyspaceWatcher, APPL_DB, DEFAULT_TIMEOUT, STATE_DB,
+    all_links, appl_db_port_table, capture_tests, port_state, state_db_port_table, Capture, Fixture, KeyspaceWatcher,
+    APPL_DB, DEFAULT_TIMEOUT, STATE_DB,
 };
 
 fn scenario_netdev_deleted(mode: Capture) {
@@ -33,11 +33,7 @@ fn scenario_unconfigured_ethernet(mode: Capture) {
     // Ethernet99 is not in CONFIG_DB/APPL_DB; Ethernet0 is, and is created after it, so its row
     // appearing means Ethernet99's events were processed.
     fx.create_ports([99]);
-    fx.ns.batch(&[
-        "link set pe99 down",
-        "link set Ethernet99 mtu 9000",
-        "link set pe99 up",
-    ]);
+    fx.ns.batch(&["link set pe99 down", "link set Ethernet99 mtu 9000", "link set pe99 up"]);
     fx.create_ports([0]);
     fx.wait_state_entry("Ethernet0", &port_state(true, true, 1500));
     fx.ns.ip(&["link", "del", "Ethernet99"]);
@@ -48,23 +44,10 @@ fn scenario_unconfigured_ethernet(mode: Capture) {
     assert!(!appl_db_port_table(&fx.redis).contains_key("Ethernet99"));
     // The C++ daemon DELs the row of any deleted Ethernet* netdev; on a missing key that changes
     // nothing and notifies nobody, so "no event at all" holds for both.
-    assert!(
-        state_watch.events().is_empty(),
-        "STATE_DB writes for Ethernet99: {:?}",
-        state_watch.events()
-    );
-    assert!(
-        appl_watch.events().is_empty(),
-        "APPL_DB writes for Ethernet99: {:?}",
-        appl_watch.events()
-    );
+    assert!(state_watch.events().is_empty(), "STATE_DB writes for Ethernet99: {:?}", state_watch.events());
+    assert!(appl_watch.events().is_empty(), "APPL_DB writes for Ethernet99: {:?}", appl_watch.events());
     // An unconfigured netdev does not hold back PortInitDone.
-    portsyncd_e2e::wait_hash(
-        &fx.redis,
-        APPL_DB,
-        "PORT_TABLE:PortInitDone",
-        &portsyncd_e2e::hash(&[("lanes", "0")]),
-    );
+    portsyncd_e2e::wait_hash(&fx.redis, APPL_DB, "PORT_TABLE:PortInitDone", &portsyncd_e2e::hash(&[("lanes", "0")]));
 }
 
 fn scenario_non_port_netdevs(mode: Capture) {
@@ -96,32 +79,13 @@ fn scenario_non_port_netdevs(mode: Capture) {
     fx.wait_state_entry("Ethernet0", &port_state(true, true, 1500));
     state_watch.wait_events_for("PORT_TABLE|Ethernet0", 1);
 
-    let foreign: Vec<_> = state_watch
-        .events()
-        .into_iter()
-        .filter(|(k, _)| k != "PORT_TABLE|Ethernet0")
-        .collect();
-    assert!(
-        foreign.is_empty(),
-        "STATE_DB writes for non-port netdevs: {foreign:?}"
-    );
+    let foreign: Vec<_> = state_watch.events().into_iter().filter(|(k, _)| k != "PORT_TABLE|Ethernet0").collect();
+    assert!(foreign.is_empty(), "STATE_DB writes for non-port netdevs: {foreign:?}");
     let names = ["lo", "eth0", "mgmt0", "Vlan1000", "Bridge"];
-    let appl_foreign: Vec<_> = appl_watch
-        .events()
-        .into_iter()
-        .filter(|(k, _)| names.iter().any(|n| k.contains(n)))
-        .collect();
-    assert!(
-        appl_foreign.is_empty(),
-        "APPL_DB writes for non-port netdevs: {appl_foreign:?}"
-    );
-    assert_eq!(
-        state_db_port_table(&fx.redis)
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>(),
-        ["Ethernet0"]
-    );
+    let appl_foreign: Vec<_> =
+        appl_watch.events().into_iter().filter(|(k, _)| names.iter().any(|n| k.contains(n))).collect();
+    assert!(appl_foreign.is_empty(), "APPL_DB writes for non-port netdevs: {appl_foreign:?}");
+    assert_eq!(state_db_port_table(&fx.redis).keys().cloned().collect::<Vec<_>>(), ["Ethernet0"]);
 }
 
 capture_tests! {

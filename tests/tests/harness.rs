@@ -7,19 +7,11 @@ use std::time::Duration;
 
 use portsyncd_e2e::netns::ip_bin;
 use portsyncd_e2e::orchagent::{CHANNEL, DEL_SET, KEY_SET};
-use portsyncd_e2e::{
-    hgetall, wait_for, wait_until, KeyspaceWatcher, NetNs, Orchagent, RedisServer, APPL_DB,
-    STATE_DB,
-};
+use portsyncd_e2e::{hgetall, wait_for, wait_until, KeyspaceWatcher, NetNs, Orchagent, RedisServer, APPL_DB, STATE_DB};
 
 fn netns_exists(name: &str) -> bool {
-    let out = Command::new(ip_bin())
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .any(|w| w == name)
+    let out = Command::new(ip_bin()).args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().any(|w| w == name)
 }
 
 #[test]
@@ -30,45 +22,22 @@ fn redis_server_starts_serves_both_sockets_and_is_removed_on_drop() {
     assert!(redis.socket_path().exists());
 
     let mut unix = redis.conn(STATE_DB);
-    redis::cmd("HSET")
-        .arg("PORT_TABLE|Ethernet0")
-        .arg("state")
-        .arg("ok")
-        .query::<()>(&mut unix)
-        .unwrap();
+    redis::cmd("HSET").arg("PORT_TABLE|Ethernet0").arg("state").arg("ok").query::<()>(&mut unix).unwrap();
     let mut tcp = redis::Client::open(format!("redis://127.0.0.1:{}/{STATE_DB}", redis.port()))
         .unwrap()
         .get_connection()
         .unwrap();
-    assert_eq!(
-        hgetall(&mut tcp, "PORT_TABLE|Ethernet0")
-            .get("state")
-            .map(String::as_str),
-        Some("ok")
-    );
+    assert_eq!(hgetall(&mut tcp, "PORT_TABLE|Ethernet0").get("state").map(String::as_str), Some("ok"));
 
     // Persistence is off: no RDB/AOF files ever appear.
-    let save: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("save")
-        .query(&mut unix)
-        .unwrap();
+    let save: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("save").query(&mut unix).unwrap();
     assert_eq!(save.get(1).map(String::as_str), Some(""));
 
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(redis.database_config_path()).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(redis.database_config_path()).unwrap()).unwrap();
     assert_eq!(cfg["INSTANCES"]["redis"]["port"], redis.port());
-    assert_eq!(
-        cfg["INSTANCES"]["redis"]["unix_socket_path"],
-        redis.socket_path().display().to_string()
-    );
-    for (db, id, sep) in [
-        ("APPL_DB", 0, ":"),
-        ("CONFIG_DB", 4, "|"),
-        ("STATE_DB", 6, "|"),
-        ("ASIC_DB", 1, ":"),
-    ] {
+    assert_eq!(cfg["INSTANCES"]["redis"]["unix_socket_path"], redis.socket_path().display().to_string());
+    for (db, id, sep) in [("APPL_DB", 0, ":"), ("CONFIG_DB", 4, "|"), ("STATE_DB", 6, "|"), ("ASIC_DB", 1, ":")] {
         assert_eq!(cfg["DATABASES"][db]["id"], id, "{db}");
         assert_eq!(cfg["DATABASES"][db]["separator"], sep, "{db}");
         assert_eq!(cfg["DATABASES"][db]["instance"], "redis", "{db}");
@@ -78,10 +47,7 @@ fn redis_server_starts_serves_both_sockets_and_is_removed_on_drop() {
     drop(tcp);
     drop(redis);
     assert!(!dir.exists(), "{} still exists after drop", dir.display());
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "redis-server {pid} still running"
-    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "redis-server {pid} still running");
 }
 
 #[test]
@@ -96,25 +62,15 @@ fn netns_is_deleted_after_drop_even_when_the_test_panics() {
     }));
     assert!(result.is_err());
     assert!(!name.is_empty());
-    assert!(
-        !netns_exists(&name),
-        "namespace {name} survived a panicking test"
-    );
+    assert!(!netns_exists(&name), "namespace {name} survived a panicking test");
 }
 
 #[test]
 fn netns_drop_kills_processes_left_inside() {
     let ns = NetNs::new();
     let name = ns.name().to_owned();
-    let mut child = Command::new(ip_bin())
-        .args(["netns", "exec", &name, "sleep", "300"])
-        .spawn()
-        .unwrap();
-    wait_until(
-        Duration::from_secs(5),
-        "sleep to enter the namespace",
-        || ns.pids().contains(&(child.id() as i32)),
-    );
+    let mut child = Command::new(ip_bin()).args(["netns", "exec", &name, "sleep", "300"]).spawn().unwrap();
+    wait_until(Duration::from_secs(5), "sleep to enter the namespace", || ns.pids().contains(&(child.id() as i32)));
     drop(ns);
     // Reaped promptly means it was killed, not left to run for 300 s.
     let status = child.wait().unwrap();
@@ -133,14 +89,11 @@ fn netns_links_report_iff_up_and_iff_running_and_mtu() {
     // Admin up without carrier: IFF_UP but not IFF_RUNNING.
     ns.ip(&["link", "set", "Ethernet3", "up"]);
     wait_until(Duration::from_secs(5), "Ethernet3 up, no carrier", || {
-        ns.link("Ethernet3")
-            .is_some_and(|l| l.admin_up && !l.oper_up)
+        ns.link("Ethernet3").is_some_and(|l| l.admin_up && !l.oper_up)
     });
     // Peer up gives carrier.
     ns.ip(&["link", "set", "pe3", "up"]);
-    wait_until(Duration::from_secs(5), "Ethernet3 running", || {
-        ns.link("Ethernet3").is_some_and(|l| l.oper_up)
-    });
+    wait_until(Duration::from_secs(5), "Ethernet3 running", || ns.link("Ethernet3").is_some_and(|l| l.oper_up));
     ns.batch(&["link set Ethernet3 mtu 9000"]);
     assert_eq!(ns.link("Ethernet3").unwrap().mtu, 9000);
     assert!(ns.links().contains_key("lo"));
@@ -158,10 +111,7 @@ fn orchagent_standin_moves_producer_entries_into_port_table() {
     );
     let produce = |con: &mut redis::Connection, key: &str, fvs: &[(&str, &str)]| {
         let mut inv = producer.key(CHANNEL);
-        inv.key(KEY_SET)
-            .key(format!("_PORT_TABLE:{key}"))
-            .arg("G")
-            .arg(key);
+        inv.key(KEY_SET).key(format!("_PORT_TABLE:{key}")).arg("G").arg(key);
         for (f, v) in fvs {
             inv.arg(*f).arg(*v);
         }
@@ -169,30 +119,21 @@ fn orchagent_standin_moves_producer_entries_into_port_table() {
     };
 
     // Written before the consumer exists: picked up by its poll, like SCARD seeding.
-    produce(
-        &mut con,
-        "Ethernet0",
-        &[("lanes", "0,1,2,3"), ("speed", "100000")],
-    );
+    produce(&mut con, "Ethernet0", &[("lanes", "0,1,2,3"), ("speed", "100000")]);
     let orch = Orchagent::start(&redis);
     produce(&mut con, "PortConfigDone", &[("count", "1")]);
 
     wait_for(Duration::from_secs(5), "both entries consumed", || {
         let e0 = hgetall(&mut con, "PORT_TABLE:Ethernet0");
         let done = hgetall(&mut con, "PORT_TABLE:PortConfigDone");
-        if e0.get("speed").map(String::as_str) == Some("100000")
-            && done.get("count").map(String::as_str) == Some("1")
-        {
+        if e0.get("speed").map(String::as_str) == Some("100000") && done.get("count").map(String::as_str) == Some("1") {
             Ok(())
         } else {
             Err(format!("Ethernet0 {e0:?}, PortConfigDone {done:?}"))
         }
     });
     assert_eq!(hgetall(&mut con, "PORT_TABLE:Ethernet0").len(), 2);
-    assert!(
-        hgetall(&mut con, "_PORT_TABLE:Ethernet0").is_empty(),
-        "staging hash left behind"
-    );
+    assert!(hgetall(&mut con, "_PORT_TABLE:Ethernet0").is_empty(), "staging hash left behind");
     let pending: u64 = redis::cmd("SCARD").arg(KEY_SET).query(&mut con).unwrap();
     assert_eq!(pending, 0);
     assert_eq!(orch.pops(), 2);
@@ -200,17 +141,9 @@ fn orchagent_standin_moves_producer_entries_into_port_table() {
     // Merge: a later set adds/overwrites fields without removing others.
     produce(&mut con, "Ethernet0", &[("speed", "40000")]);
     wait_until(Duration::from_secs(5), "speed updated", || {
-        hgetall(&mut con, "PORT_TABLE:Ethernet0")
-            .get("speed")
-            .map(String::as_str)
-            == Some("40000")
+        hgetall(&mut con, "PORT_TABLE:Ethernet0").get("speed").map(String::as_str) == Some("40000")
     });
-    assert_eq!(
-        hgetall(&mut con, "PORT_TABLE:Ethernet0")
-            .get("lanes")
-            .map(String::as_str),
-        Some("0,1,2,3")
-    );
+    assert_eq!(hgetall(&mut con, "PORT_TABLE:Ethernet0").get("lanes").map(String::as_str), Some("0,1,2,3"));
 
     // Delete marker: the consumed hash is removed.
     redis::pipe()
@@ -225,14 +158,9 @@ fn orchagent_standin_moves_producer_entries_into_port_table() {
         .arg("G")
         .query::<()>(&mut con)
         .unwrap();
-    wait_until(Duration::from_secs(5), "Ethernet0 deleted", || {
-        hgetall(&mut con, "PORT_TABLE:Ethernet0").is_empty()
-    });
+    wait_until(Duration::from_secs(5), "Ethernet0 deleted", || hgetall(&mut con, "PORT_TABLE:Ethernet0").is_empty());
     orch.wait_idle(&redis, Duration::from_secs(5));
-    assert!(orch
-        .popped()
-        .iter()
-        .any(|(k, fvs)| k == "Ethernet0" && fvs.is_empty()));
+    assert!(orch.popped().iter().any(|(k, fvs)| k == "Ethernet0" && fvs.is_empty()));
 }
 
 #[test]
@@ -240,43 +168,20 @@ fn keyspace_watcher_records_writes_and_deletes_in_order() {
     let redis = RedisServer::start();
     let watcher = KeyspaceWatcher::start(&redis, STATE_DB, "PORT_TABLE|*");
     let mut con = redis.conn(STATE_DB);
-    redis::cmd("HSET")
-        .arg("PORT_TABLE|Ethernet0")
-        .arg("state")
-        .arg("ok")
-        .query::<()>(&mut con)
-        .unwrap();
-    redis::cmd("HSET")
-        .arg("OTHER|x")
-        .arg("a")
-        .arg("b")
-        .query::<()>(&mut con)
-        .unwrap();
-    redis::cmd("DEL")
-        .arg("PORT_TABLE|Ethernet0")
-        .query::<()>(&mut con)
-        .unwrap();
-    wait_until(Duration::from_secs(5), "two events", || {
-        watcher.events().len() >= 2
-    });
-    assert_eq!(
-        watcher.events_for("PORT_TABLE|Ethernet0"),
-        vec!["hset".to_owned(), "del".to_owned()]
-    );
+    redis::cmd("HSET").arg("PORT_TABLE|Ethernet0").arg("state").arg("ok").query::<()>(&mut con).unwrap();
+    redis::cmd("HSET").arg("OTHER|x").arg("a").arg("b").query::<()>(&mut con).unwrap();
+    redis::cmd("DEL").arg("PORT_TABLE|Ethernet0").query::<()>(&mut con).unwrap();
+    wait_until(Duration::from_secs(5), "two events", || watcher.events().len() >= 2);
+    assert_eq!(watcher.events_for("PORT_TABLE|Ethernet0"), vec!["hset".to_owned(), "del".to_owned()]);
     assert!(watcher.events_for("OTHER|x").is_empty());
 }
 
 #[test]
 fn wait_for_panics_with_expectation_and_last_seen_value() {
     let err = catch_unwind(|| {
-        wait_for::<()>(Duration::from_millis(100), "the answer to be 42", || {
-            Err("it was 41".to_owned())
-        })
+        wait_for::<()>(Duration::from_millis(100), "the answer to be 42", || Err("it was 41".to_owned()))
     })
     .unwrap_err();
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(
-        msg.contains("the answer to be 42") && msg.contains("it was 41"),
-        "{msg}"
-    );
+    assert!(msg.contains("the answer to be 42") && msg.contains("it was 41"), "{msg}");
 }

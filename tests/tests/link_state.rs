@@ -27,11 +27,7 @@ fn scenario_admin_and_carrier(mode: Capture) {
     fx.ns.ip(&["link", "set", "Ethernet0", "up"]);
     fx.wait_state_entry("Ethernet0", &port_state(true, true, 1500));
     // Admin up while the peer is down: up without IFF_RUNNING.
-    fx.ns.batch(&[
-        "link set pe0 down",
-        "link set Ethernet0 down",
-        "link set Ethernet0 up",
-    ]);
+    fx.ns.batch(&["link set pe0 down", "link set Ethernet0 down", "link set Ethernet0 up"]);
     fx.wait_state_entry("Ethernet0", &port_state(true, false, 1500));
 
     // The other port was never touched.
@@ -44,8 +40,7 @@ fn scenario_mtu(mode: Capture) {
     fx.ns.ip(&["link", "set", "Ethernet0", "mtu", "9000"]);
     fx.wait_state_entry("Ethernet0", &port_state(true, true, 9000));
     // MTU of a port that is down.
-    fx.ns
-        .batch(&["link set Ethernet1 down", "link set Ethernet1 mtu 9100"]);
+    fx.ns.batch(&["link set Ethernet1 down", "link set Ethernet1 mtu 9100"]);
     fx.wait_state_entry("Ethernet1", &port_state(false, false, 9100));
     fx.ns.ip(&["link", "set", "Ethernet0", "mtu", "1500"]);
     fx.wait_state_entry("Ethernet0", &port_state(true, true, 1500));

@@ -3,16 +3,15 @@
 //! is never deleted and keeps following the kernel.
 
 use portsyncd_e2e::{
-    all_links, appl_db_port_table, capture_tests, port_state, state_db_port_table, Capture,
-    Fixture, KeyspaceWatcher, DEFAULT_TIMEOUT, STATE_DB,
+    all_links, appl_db_port_table, capture_tests, port_state, state_db_port_table, Capture, Fixture, KeyspaceWatcher,
+    DEFAULT_TIMEOUT, STATE_DB,
 };
 
 /// Changes Ethernet1's mtu and waits until STATE_DB and the keyspace watcher have both seen it:
 /// every kernel event issued before is then processed and its notifications received.
 fn barrier(fx: &Fixture, watcher: &KeyspaceWatcher, mtu: u32) {
     let before = watcher.events_for("PORT_TABLE|Ethernet1").len();
-    fx.ns
-        .ip(&["link", "set", "Ethernet1", "mtu", &mtu.to_string()]);
+    fx.ns.ip(&["link", "set", "Ethernet1", "mtu", &mtu.to_string()]);
     fx.wait_state_entry("Ethernet1", &port_state(true, true, mtu));
     watcher.wait_events_for("PORT_TABLE|Ethernet1", before + 1);
 }
@@ -33,19 +32,9 @@ fn member_lifecycle(fx: &Fixture, master: &str, prepare: &[String], enslave: &[S
     // Leave: the row must survive (no DEL at any point).
     fx.ns.ip(&["link", "set", "Ethernet0", "nomaster"]);
     barrier(fx, &watcher, 9000);
-    let dels: Vec<_> = watcher
-        .events_for("PORT_TABLE|Ethernet0")
-        .into_iter()
-        .filter(|e| e == "del")
-        .collect();
-    assert!(
-        dels.is_empty(),
-        "STATE_DB PORT_TABLE|Ethernet0 was deleted while joining/leaving {master}: {dels:?}"
-    );
-    assert!(
-        !fx.state_entry("Ethernet0").is_empty(),
-        "STATE_DB PORT_TABLE|Ethernet0 gone after leaving {master}"
-    );
+    let dels: Vec<_> = watcher.events_for("PORT_TABLE|Ethernet0").into_iter().filter(|e| e == "del").collect();
+    assert!(dels.is_empty(), "STATE_DB PORT_TABLE|Ethernet0 was deleted while joining/leaving {master}: {dels:?}");
+    assert!(!fx.state_entry("Ethernet0").is_empty(), "STATE_DB PORT_TABLE|Ethernet0 gone after leaving {master}");
 
     // Still followed after leaving.
     fx.ns.ip(&["link", "set", "Ethernet0", "mtu", "9000"]);
@@ -55,26 +44,11 @@ fn member_lifecycle(fx: &Fixture, master: &str, prepare: &[String], enslave: &[S
 
     // The master itself is never published, in either database.
     barrier(fx, &watcher, 1500);
-    assert!(
-        watcher
-            .events_for(&format!("PORT_TABLE|{master}"))
-            .is_empty(),
-        "STATE_DB written for {master}"
-    );
+    assert!(watcher.events_for(&format!("PORT_TABLE|{master}")).is_empty(), "STATE_DB written for {master}");
     assert!(!state_db_port_table(&fx.redis).contains_key(master));
-    assert!(
-        !appl_db_port_table(&fx.redis).contains_key(master),
-        "APPL_DB PORT_TABLE:{master} exists"
-    );
-    let dels: Vec<_> = watcher
-        .events_for("PORT_TABLE|Ethernet0")
-        .into_iter()
-        .filter(|e| e == "del")
-        .collect();
-    assert!(
-        dels.is_empty(),
-        "STATE_DB PORT_TABLE|Ethernet0 deleted: {dels:?}"
-    );
+    assert!(!appl_db_port_table(&fx.redis).contains_key(master), "APPL_DB PORT_TABLE:{master} exists");
+    let dels: Vec<_> = watcher.events_for("PORT_TABLE|Ethernet0").into_iter().filter(|e| e == "del").collect();
+    assert!(dels.is_empty(), "STATE_DB PORT_TABLE|Ethernet0 deleted: {dels:?}");
     portsyncd_e2e::assert_state_matches_kernel(&fx.ns, &fx.redis, &fx.ports);
 }
 
@@ -90,18 +64,13 @@ fn scenario_bridge(mode: Capture) {
     member_lifecycle(
         &fx,
         "Bridge",
-        &[
-            "link add Bridge type bridge".into(),
-            "link set Bridge up".into(),
-        ],
+        &["link add Bridge type bridge".into(), "link set Bridge up".into()],
         &["link set Ethernet0 master Bridge".into()],
     );
 }
 
 fn bond_supported(fx: &Fixture) -> bool {
-    let out = fx
-        .ns
-        .try_ip(&["link", "add", "PortChannelProbe", "type", "bond"]);
+    let out = fx.ns.try_ip(&["link", "add", "PortChannelProbe", "type", "bond"]);
     if out.status.success() {
         fx.ns.ip(&["link", "del", "PortChannelProbe"]);
         true
@@ -117,14 +86,8 @@ fn scenario_lag(mode: Capture) {
         member_lifecycle(
             &fx,
             "PortChannel1",
-            &[
-                "link add PortChannel1 type bond mode 802.3ad".into(),
-                "link set PortChannel1 up".into(),
-            ],
-            &[
-                "link set Ethernet0 down".into(),
-                "link set Ethernet0 master PortChannel1".into(),
-            ],
+            &["link add PortChannel1 type bond mode 802.3ad".into(), "link set PortChannel1 up".into()],
+            &["link set Ethernet0 down".into(), "link set Ethernet0 master PortChannel1".into()],
         );
     } else {
         // Neither bonding nor team is built into this kernel (no modules either): a bridge named
@@ -134,10 +97,7 @@ fn scenario_lag(mode: Capture) {
         member_lifecycle(
             &fx,
             "PortChannel1",
-            &[
-                "link add PortChannel1 type bridge".into(),
-                "link set PortChannel1 up".into(),
-            ],
+            &["link add PortChannel1 type bridge".into(), "link set PortChannel1 up".into()],
             &["link set Ethernet0 master PortChannel1".into()],
         );
     }

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use portsyncd_e2e::netns::LinkState;
 use portsyncd_e2e::{
-    all_links, capture_tests, hash, wait_hash, Capture, DaemonOpts, Fixture, APPL_DB,
-    DEFAULT_TIMEOUT, STORM_TIMEOUT,
+    all_links, capture_tests, hash, wait_hash, Capture, DaemonOpts, Fixture, APPL_DB, DEFAULT_TIMEOUT, STORM_TIMEOUT,
 };
 
 /// The final state of a round: port `i` ends admin-down if `i % 3 == 0`, carrier-less if
@@ -52,9 +51,7 @@ fn kernel_in_final_state(n: u32) -> impl Fn(&BTreeMap<String, LinkState>) -> boo
     move |links| {
         (0..n).all(|i| {
             let (admin, oper, mtu) = expected_final(i);
-            links
-                .get(&format!("Ethernet{i}"))
-                .is_some_and(|l| l.admin_up == admin && l.oper_up == oper && l.mtu == mtu)
+            links.get(&format!("Ethernet{i}")).is_some_and(|l| l.admin_up == admin && l.oper_up == oper && l.mtu == mtu)
         })
     }
 }
@@ -62,12 +59,7 @@ fn kernel_in_final_state(n: u32) -> impl Fn(&BTreeMap<String, LinkState>) -> boo
 fn bring_up(fx: &Fixture, n: u32) {
     fx.create_ports(0..n);
     fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, all_links(&fx.ports, true, true));
-    wait_hash(
-        &fx.redis,
-        APPL_DB,
-        "PORT_TABLE:PortInitDone",
-        &hash(&[("lanes", "0")]),
-    );
+    wait_hash(&fx.redis, APPL_DB, "PORT_TABLE:PortInitDone", &hash(&[("lanes", "0")]));
 }
 
 fn scenario_flap_storm_256(mode: Capture) {
@@ -76,18 +68,8 @@ fn scenario_flap_storm_256(mode: Capture) {
     bring_up(&fx, N);
     fx.ns.batch(&storm_lines(N));
     fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, kernel_in_final_state(N));
-    let stats = fx
-        .daemon()
-        .wait_stats(DEFAULT_TIMEOUT, "counters.events > 0", |s| {
-            s.counter("events") > 0
-        });
-    eprintln!(
-        "256-port storm, {mode}: counters {}",
-        stats
-            .get("/counters")
-            .map(|c| c.to_string())
-            .unwrap_or_default()
-    );
+    let stats = fx.daemon().wait_stats(DEFAULT_TIMEOUT, "counters.events > 0", |s| s.counter("events") > 0);
+    eprintln!("256-port storm, {mode}: counters {}", stats.get("/counters").map(|c| c.to_string()).unwrap_or_default());
     assert!(fx.daemon().is_running());
 }
 
@@ -108,44 +90,24 @@ fn scenario_overrun(mode: Capture) {
         fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, kernel_in_final_state(N));
         if round + 1 < ROUNDS {
             // Back to all up for the next round.
-            let lines: Vec<String> = (0..N)
-                .flat_map(|i| {
-                    [
-                        format!("link set pe{i} up"),
-                        format!("link set Ethernet{i} up"),
-                    ]
-                })
-                .collect();
+            let lines: Vec<String> =
+                (0..N).flat_map(|i| [format!("link set pe{i} up"), format!("link set Ethernet{i} up")]).collect();
             fx.ns.batch(&lines);
-            fx.wait_state_matches_kernel(
-                &fx.ports,
-                STORM_TIMEOUT,
-                all_links(&fx.ports, true, true),
-            );
+            fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, all_links(&fx.ports, true, true));
         }
     }
     let stats = match mode {
         Capture::Ebpf => fx
             .daemon()
-            .wait_stats(DEFAULT_TIMEOUT, "ebpf.ring_full > 0", |s| {
-                s.ebpf_counter("ring_full").unwrap_or(0) > 0
-            }),
-        _ => fx.daemon().wait_stats(
-            DEFAULT_TIMEOUT,
-            "counters.enobufs > 0 and counters.resyncs > 0",
-            |s| s.counter("enobufs") > 0 && s.counter("resyncs") > 0,
-        ),
+            .wait_stats(DEFAULT_TIMEOUT, "ebpf.ring_full > 0", |s| s.ebpf_counter("ring_full").unwrap_or(0) > 0),
+        _ => fx.daemon().wait_stats(DEFAULT_TIMEOUT, "counters.enobufs > 0 and counters.resyncs > 0", |s| {
+            s.counter("enobufs") > 0 && s.counter("resyncs") > 0
+        }),
     };
     eprintln!(
         "overrun storm, {mode}: counters {} ebpf {}",
-        stats
-            .get("/counters")
-            .map(|c| c.to_string())
-            .unwrap_or_default(),
-        stats
-            .get("/ebpf")
-            .map(|c| c.to_string())
-            .unwrap_or_default()
+        stats.get("/counters").map(|c| c.to_string()).unwrap_or_default(),
+        stats.get("/ebpf").map(|c| c.to_string()).unwrap_or_default()
     );
     assert!(fx.daemon().is_running());
 }

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portsyncd_e2e::netns::LinkState;
 use portsyncd_e2e::{
-    all_links, appl_db_snapshot, assert_state_matches_kernel, capture_tests, config_db_snapshot,
-    hash, hgetall, port_names, port_state, state_db_port_table, state_db_snapshot, wait_until,
-    Capture, DaemonOpts, DbSnapshot, DbValue, Fixture, Hash, NetNs, RedisServer, Stats, APPL_DB,
-    DEFAULT_TIMEOUT, STATE_DB, STORM_TIMEOUT,
+    all_links, appl_db_snapshot, assert_state_matches_kernel, capture_tests, config_db_snapshot, hash, hgetall,
+    port_names, port_state, state_db_port_table, state_db_snapshot, wait_until, Capture, DaemonOpts, DbSnapshot,
+    DbValue, Fixture, Hash, NetNs, RedisServer, Stats, APPL_DB, DEFAULT_TIMEOUT, STATE_DB, STORM_TIMEOUT,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -48,10 +47,7 @@ struct MonCmd {
 
 impl MonCmd {
     fn name(&self) -> String {
-        self.args
-            .first()
-            .map(|a| a.to_ascii_uppercase())
-            .unwrap_or_default()
+        self.args.first().map(|a| a.to_ascii_uppercase()).unwrap_or_default()
     }
 
     fn arg(&self, i: usize) -> &str {
@@ -67,10 +63,9 @@ impl MonCmd {
 
 /// Commands that change data (or publish); everything else in the window is a read.
 const WRITE_COMMANDS: &[&str] = &[
-    "HSET", "HMSET", "HSETNX", "HDEL", "HINCRBY", "DEL", "UNLINK", "SET", "SETNX", "SETEX",
-    "APPEND", "INCR", "INCRBY", "SADD", "SREM", "SPOP", "SMOVE", "LPUSH", "RPUSH", "LPOP", "RPOP",
-    "LREM", "LSET", "LTRIM", "ZADD", "ZREM", "EXPIRE", "PEXPIRE", "RENAME", "PUBLISH", "EVAL",
-    "EVALSHA", "FLUSHDB", "FLUSHALL",
+    "HSET", "HMSET", "HSETNX", "HDEL", "HINCRBY", "DEL", "UNLINK", "SET", "SETNX", "SETEX", "APPEND", "INCR", "INCRBY",
+    "SADD", "SREM", "SPOP", "SMOVE", "LPUSH", "RPUSH", "LPOP", "RPOP", "LREM", "LSET", "LTRIM", "ZADD", "ZREM",
+    "EXPIRE", "PEXPIRE", "RENAME", "PUBLISH", "EVAL", "EVALSHA", "FLUSHDB", "FLUSHALL",
 ];
 
 /// Records every command Redis executes, from [`Monitor::start`] until drop, on its own unix
@@ -106,31 +101,18 @@ impl Monitor {
                 }
             }
         });
-        Monitor {
-            sock,
-            cmds,
-            markers: AtomicU32::new(0),
-            handle: Some(handle),
-        }
+        Monitor { sock, cmds, markers: AtomicU32::new(0), handle: Some(handle) }
     }
 
     /// Issues a marker command and waits until MONITOR shows it: Redis feeds monitors in
     /// execution order, so every command executed before it has been recorded.
     fn sync(&self, redis: &RedisServer) {
-        let marker = format!(
-            "psd-monitor-marker-{}",
-            self.markers.fetch_add(1, Ordering::Relaxed)
-        );
+        let marker = format!("psd-monitor-marker-{}", self.markers.fetch_add(1, Ordering::Relaxed));
         let mut con = redis.conn(APPL_DB);
-        redis::cmd("EXISTS")
-            .arg(&marker)
-            .query::<i64>(&mut con)
-            .expect("marker EXISTS");
-        wait_until(
-            DEFAULT_TIMEOUT,
-            "MONITOR to show the marker command",
-            || self.cmds.lock().unwrap().iter().any(|c| c.arg(1) == marker),
-        );
+        redis::cmd("EXISTS").arg(&marker).query::<i64>(&mut con).expect("marker EXISTS");
+        wait_until(DEFAULT_TIMEOUT, "MONITOR to show the marker command", || {
+            self.cmds.lock().unwrap().iter().any(|c| c.arg(1) == marker)
+        });
     }
 
     fn commands(&self) -> Vec<MonCmd> {
@@ -149,20 +131,13 @@ impl Drop for Monitor {
 
 /// `+<secs>.<micros> [<db> <addr>] "arg" "arg" ...` (addr `lua` for commands run by a script).
 fn parse_monitor_line(line: &[u8]) -> Option<MonCmd> {
-    let text = std::str::from_utf8(line.strip_prefix(b"+")?)
-        .ok()?
-        .trim_end();
+    let text = std::str::from_utf8(line.strip_prefix(b"+")?).ok()?.trim_end();
     let (ts, rest) = text.split_once(' ')?;
     let (secs, micros) = ts.split_once('.')?;
     let ts_us = secs.parse::<u64>().ok()? * 1_000_000 + micros.parse::<u64>().ok()?;
     let (client, args) = rest.strip_prefix('[')?.split_once("] ")?;
     let (db, addr) = client.split_once(' ')?;
-    Some(MonCmd {
-        ts_us,
-        db: db.parse().ok()?,
-        lua: addr == "lua",
-        args: unquote_args(args)?,
-    })
+    Some(MonCmd { ts_us, db: db.parse().ok()?, lua: addr == "lua", args: unquote_args(args)? })
 }
 
 /// Undoes Redis's `sdscatrepr` quoting of each argument.
@@ -234,11 +209,7 @@ fn state_port_writes(cmds: &[MonCmd]) -> Vec<(String, String)> {
 /// Ports HSET and ports DEL'ed in STATE_DB `PORT_TABLE`.
 fn hset_and_del_ports(writes: &[(String, String)]) -> (BTreeSet<String>, BTreeSet<String>) {
     let pick = |cmds: &[&str]| -> BTreeSet<String> {
-        writes
-            .iter()
-            .filter(|(c, _)| cmds.contains(&c.as_str()))
-            .map(|(_, p)| p.clone())
-            .collect()
+        writes.iter().filter(|(c, _)| cmds.contains(&c.as_str())).map(|(_, p)| p.clone()).collect()
     };
     (pick(&["HSET", "HMSET", "HSETNX"]), pick(&["DEL", "UNLINK"]))
 }
@@ -258,12 +229,8 @@ fn producer_calls(cmds: &[MonCmd]) -> Vec<Vec<String>> {
         .filter(|c| !c.lua && matches!(c.name().as_str(), "EVAL" | "EVALSHA"))
         .filter_map(|c| {
             let keys = c.script_keys();
-            (keys.first().map(String::as_str) == Some(PRODUCER_CHANNEL)).then(|| {
-                keys.iter()
-                    .skip(2)
-                    .map(|k| k.strip_prefix(STAGING_PREFIX).unwrap_or(k).to_owned())
-                    .collect()
-            })
+            (keys.first().map(String::as_str) == Some(PRODUCER_CHANNEL))
+                .then(|| keys.iter().skip(2).map(|k| k.strip_prefix(STAGING_PREFIX).unwrap_or(k).to_owned()).collect())
         })
         .collect()
 }
@@ -275,9 +242,7 @@ fn is_consumer_script(c: &MonCmd) -> bool {
 /// Write commands the daemon sent (not counting those its scripts ran): everything written in
 /// the window except the orchagent stand-in's pops.
 fn daemon_writes(cmds: &[MonCmd]) -> Vec<&MonCmd> {
-    cmds.iter()
-        .filter(|c| !c.lua && WRITE_COMMANDS.contains(&c.name().as_str()) && !is_consumer_script(c))
-        .collect()
+    cmds.iter().filter(|c| !c.lua && WRITE_COMMANDS.contains(&c.name().as_str()) && !is_consumer_script(c)).collect()
 }
 
 /// APPL_DB writes other than through the producer script (the daemon must make none).
@@ -289,17 +254,11 @@ fn direct_appl_writes(cmds: &[MonCmd]) -> Vec<&MonCmd> {
 }
 
 fn unix_us(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn show(cmds: &[&MonCmd]) -> String {
-    cmds.iter()
-        .take(20)
-        .map(|c| format!("[{}] {}", c.db, c.args.join(" ")))
-        .collect::<Vec<_>>()
-        .join("\n")
+    cmds.iter().take(20).map(|c| format!("[{}] {}", c.db, c.args.join(" "))).collect::<Vec<_>>().join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -307,10 +266,7 @@ fn show(cmds: &[&MonCmd]) -> String {
 // ---------------------------------------------------------------------------------------------
 
 fn work_dir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("psd-warm-")
-        .tempdir()
-        .expect("tempdir")
+    tempfile::Builder::new().prefix("psd-warm-").tempdir().expect("tempdir")
 }
 
 /// Daemon options keeping stats, log and `--state-file` in `work` across restarts.
@@ -332,10 +288,7 @@ fn list_backups(work: &Path) -> Vec<PathBuf> {
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     v.retain(|p| {
-        let n = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         n.starts_with("port_state.") && n.ends_with(".json")
     });
     v.sort();
@@ -359,26 +312,17 @@ fn set_aside_files(work: &Path) -> Vec<String> {
 }
 
 fn read_doc(path: &Path) -> Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}\n{text}", path.display()))
 }
 
 fn doc_ports(doc: &Value) -> usize {
-    doc.get("ports")
-        .and_then(Value::as_object)
-        .map(|m| m.len())
-        .unwrap_or(0)
+    doc.get("ports").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0)
 }
 
 fn enable_warm(redis: &RedisServer) {
     let mut con = redis.conn(STATE_DB);
-    redis::cmd("HSET")
-        .arg(WARM_ENABLE_KEY)
-        .arg("enable")
-        .arg("true")
-        .query::<()>(&mut con)
-        .expect("enable warm");
+    redis::cmd("HSET").arg(WARM_ENABLE_KEY).arg("enable").arg("true").query::<()>(&mut con).expect("enable warm");
 }
 
 fn warm_table(redis: &RedisServer) -> Hash {
@@ -387,33 +331,19 @@ fn warm_table(redis: &RedisServer) -> Hash {
 
 /// `warm_restart.<name>` from the stats (0 when absent).
 fn wr(stats: &Stats, name: &str) -> u64 {
-    stats
-        .get(&format!("/warm_restart/{name}"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
+    stats.get(&format!("/warm_restart/{name}")).and_then(Value::as_u64).unwrap_or(0)
 }
 
 fn stats_line(stats: &Stats) -> String {
     format!(
         "counters {}, warm_restart {}",
-        stats
-            .get("/counters")
-            .map(Value::to_string)
-            .unwrap_or_default(),
-        stats
-            .get("/warm_restart")
-            .map(Value::to_string)
-            .unwrap_or_default()
+        stats.get("/counters").map(Value::to_string).unwrap_or_default(),
+        stats.get("/warm_restart").map(Value::to_string).unwrap_or_default()
     )
 }
 
 /// Waits until the kernel view satisfies `pred`.
-fn wait_kernel(
-    ns: &NetNs,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&BTreeMap<String, LinkState>) -> bool,
-) {
+fn wait_kernel(ns: &NetNs, what: &str, timeout: Duration, pred: impl Fn(&BTreeMap<String, LinkState>) -> bool) {
     wait_until(timeout, what, || pred(&ns.links()));
 }
 
@@ -427,8 +357,7 @@ fn first_run_then_stop(fx: &mut Fixture, work: &Path, created: &[u32], extra_arg
     let names = port_names(created.iter().copied());
     fx.wait_state_matches_kernel(&names, STORM_TIMEOUT, all_links(&names, true, true));
     if created.len() == fx.ports.len() {
-        fx.daemon()
-            .wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
+        fx.daemon().wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
     }
     fx.orch.wait_idle(&fx.redis, DEFAULT_TIMEOUT);
     stop_clean(fx);
@@ -436,17 +365,8 @@ fn first_run_then_stop(fx: &mut Fixture, work: &Path, created: &[u32], extra_arg
 
 fn stop_clean(fx: &mut Fixture) {
     let st = fx.daemon().stop();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "SIGTERM must exit 0, got {st:?}\n{}",
-        fx.daemon().log_tail(40)
-    );
-    assert_eq!(
-        warm_table(&fx.redis),
-        hash(&[("restore_count", "0")]),
-        "after a cold run"
-    );
+    assert_eq!(st.code(), Some(0), "SIGTERM must exit 0, got {st:?}\n{}", fx.daemon().log_tail(40));
+    assert_eq!(warm_table(&fx.redis), hash(&[("restore_count", "0")]), "after a cold run");
 }
 
 /// Starts the warm daemon, checks the restart was warm with restore_count 0 -> 1; returns the
@@ -461,11 +381,7 @@ fn start_warm(fx: &mut Fixture, o: DaemonOpts) -> (Stats, SystemTime, Duration) 
         Some(true),
         "WARM_RESTART_ENABLE_TABLE|swss enable=true + restore_count must be warm"
     );
-    assert_eq!(
-        stats.get("/restore_count").and_then(Value::as_u64),
-        Some(1),
-        "stats restore_count"
-    );
+    assert_eq!(stats.get("/restore_count").and_then(Value::as_u64), Some(1), "stats restore_count");
     (stats, spawned, ready)
 }
 
@@ -495,11 +411,7 @@ fn warm_restart_without_link_change(mode: Capture, n: u32) -> NoChangeRun {
     let all: Vec<u32> = (0..n).collect();
     first_run_then_stop(&mut fx, work.path(), &all, &[]);
     let doc = read_doc(&state_path(work.path()));
-    assert_eq!(
-        doc.get("clean_shutdown"),
-        Some(&Value::Bool(true)),
-        "SIGTERM save must be clean: {doc}"
-    );
+    assert_eq!(doc.get("clean_shutdown"), Some(&Value::Bool(true)), "SIGTERM save must be clean: {doc}");
     assert_eq!(doc_ports(&doc), n as usize, "state file ports");
     let state_before = state_db_port_table(&fx.redis);
     let appl_before = appl_db_snapshot(&fx.redis);
@@ -507,20 +419,18 @@ fn warm_restart_without_link_change(mode: Capture, n: u32) -> NoChangeRun {
 
     let mon = Monitor::start(&fx.redis);
     let (_, spawned, ready) = start_warm(&mut fx, opts(mode, work.path()));
-    let stats = fx
-        .daemon()
-        .wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
+    let stats = fx.daemon().wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
     // Nothing in this test reads STATE_DB between Monitor::start and here.
     mon.sync(&fx.redis);
     let cmds = mon.commands();
 
     let writes = state_port_writes(&cmds);
-    assert!(
-        writes.is_empty(),
-        "warm restart without link change wrote STATE_DB PORT_TABLE: {writes:?}"
-    );
+    assert!(writes.is_empty(), "warm restart without link change wrote STATE_DB PORT_TABLE: {writes:?}");
     let reads = state_port_reads(&cmds);
-    assert_eq!(reads, 0, "the clean-shutdown file of this boot is the baseline; STATE_DB PORT_TABLE must not be read back");
+    assert_eq!(
+        reads, 0,
+        "the clean-shutdown file of this boot is the baseline; STATE_DB PORT_TABLE must not be read back"
+    );
     let produced = producer_calls(&cmds);
     assert_eq!(
         produced,
@@ -528,29 +438,14 @@ fn warm_restart_without_link_change(mode: Capture, n: u32) -> NoChangeRun {
         "the only APPL_DB write of a warm start is one producer set of PortInitDone (no ports, no PortConfigDone)"
     );
     let direct = direct_appl_writes(&cmds);
-    assert!(
-        direct.is_empty(),
-        "APPL_DB written outside the producer:\n{}",
-        show(&direct)
-    );
+    assert!(direct.is_empty(), "APPL_DB written outside the producer:\n{}", show(&direct));
     assert_eq!(stats.counter("state_writes"), 0, "{}", stats_line(&stats));
     assert_eq!(stats.counter("state_deletes"), 0, "{}", stats_line(&stats));
-    assert_eq!(
-        stats.counter("old_interfaces_down"),
-        0,
-        "{}",
-        stats_line(&stats)
-    );
+    assert_eq!(stats.counter("old_interfaces_down"), 0, "{}", stats_line(&stats));
 
     let init_done = cmds
         .iter()
-        .find(|c| {
-            !c.lua
-                && producer_calls(std::slice::from_ref(*c))
-                    .iter()
-                    .flatten()
-                    .any(|k| k == "PortInitDone")
-        })
+        .find(|c| !c.lua && producer_calls(std::slice::from_ref(*c)).iter().flatten().any(|k| k == "PortInitDone"))
         .map(|c| c.ts_us)
         .expect("PortInitDone producer call");
     let daemon_writes = daemon_writes(&cmds);
@@ -567,9 +462,7 @@ fn warm_restart_without_link_change(mode: Capture, n: u32) -> NoChangeRun {
         script_writes,
     };
     assert!(
-        daemon_writes
-            .iter()
-            .all(|c| c.db != STATE_DB || c.arg(1) == WARM_TABLE_KEY),
+        daemon_writes.iter().all(|c| c.db != STATE_DB || c.arg(1) == WARM_TABLE_KEY),
         "STATE_DB writes other than restore_count:\n{}",
         show(&daemon_writes)
     );
@@ -577,27 +470,12 @@ fn warm_restart_without_link_change(mode: Capture, n: u32) -> NoChangeRun {
     assert_warm_table_is_restore_count_1(&fx.redis);
     fx.orch.wait_idle(&fx.redis, DEFAULT_TIMEOUT);
     assert_eq!(fx.appl_entry("PortInitDone"), hash(&[("lanes", "0")]));
-    assert_eq!(
-        appl_db_snapshot(&fx.redis),
-        appl_before,
-        "APPL_DB changed across a warm restart without link change"
-    );
-    assert_eq!(
-        state_db_port_table(&fx.redis),
-        state_before,
-        "STATE_DB PORT_TABLE changed"
-    );
+    assert_eq!(appl_db_snapshot(&fx.redis), appl_before, "APPL_DB changed across a warm restart without link change");
+    assert_eq!(state_db_port_table(&fx.redis), state_before, "STATE_DB PORT_TABLE changed");
     assert_state_matches_kernel(&fx.ns, &fx.redis, &fx.ports);
     let links = fx.ns.links();
-    let downed: Vec<&String> = fx
-        .ports
-        .iter()
-        .filter(|p| !links.get(*p).is_some_and(|l| l.admin_up))
-        .collect();
-    assert!(
-        downed.is_empty(),
-        "a warm start must not set existing netdevs admin-down: {downed:?}"
-    );
+    let downed: Vec<&String> = fx.ports.iter().filter(|p| !links.get(*p).is_some_and(|l| l.admin_up)).collect();
+    assert!(downed.is_empty(), "a warm start must not set existing netdevs admin-down: {downed:?}");
 
     // The restarted daemon follows the kernel: its ports are not "old".
     fx.ns.ip(&["link", "set", "Ethernet0", "down"]);
@@ -638,10 +516,7 @@ fn scenario_links_changed_while_down(mode: Capture) {
     let mut fx = Fixture::new(mode, 9);
     let first: Vec<u32> = (0..8).collect();
     first_run_then_stop(&mut fx, work.path(), &first, &[]);
-    assert!(
-        !fx.appl_entry("Ethernet8").is_empty(),
-        "APPL_DB PORT_TABLE:Ethernet8 from the first run"
-    );
+    assert!(!fx.appl_entry("Ethernet8").is_empty(), "APPL_DB PORT_TABLE:Ethernet8 from the first run");
     let doc = read_doc(&state_path(work.path()));
     assert_eq!(doc.get("clean_shutdown"), Some(&Value::Bool(true)), "{doc}");
 
@@ -649,17 +524,12 @@ fn scenario_links_changed_while_down(mode: Capture) {
     fx.ns.ip(&["link", "set", "Ethernet2", "mtu", "9000"]);
     fx.ns.ip(&["link", "del", "Ethernet3"]);
     fx.create_ports([8]);
-    wait_kernel(
-        &fx.ns,
-        "the changes made while the daemon is down",
-        DEFAULT_TIMEOUT,
-        |l| {
-            l.get("Ethernet1").is_some_and(|e| !e.admin_up)
-                && l.get("Ethernet2").is_some_and(|e| e.mtu == 9000)
-                && !l.contains_key("Ethernet3")
-                && l.get("Ethernet8").is_some_and(|e| e.admin_up && e.oper_up)
-        },
-    );
+    wait_kernel(&fx.ns, "the changes made while the daemon is down", DEFAULT_TIMEOUT, |l| {
+        l.get("Ethernet1").is_some_and(|e| !e.admin_up)
+            && l.get("Ethernet2").is_some_and(|e| e.mtu == 9000)
+            && !l.contains_key("Ethernet3")
+            && l.get("Ethernet8").is_some_and(|e| e.admin_up && e.oper_up)
+    });
     enable_warm(&fx.redis);
 
     let mon = Monitor::start(&fx.redis);
@@ -669,44 +539,21 @@ fn scenario_links_changed_while_down(mode: Capture) {
 
     let writes = state_port_writes(&cmds);
     let (hset, del) = hset_and_del_ports(&writes);
-    let want_hset: BTreeSet<String> = ["Ethernet1", "Ethernet2", "Ethernet8"]
-        .map(String::from)
-        .into();
+    let want_hset: BTreeSet<String> = ["Ethernet1", "Ethernet2", "Ethernet8"].map(String::from).into();
     let want_del: BTreeSet<String> = ["Ethernet3".to_owned()].into();
-    assert_eq!(
-        hset, want_hset,
-        "ports HSET by the warm restart (all writes: {writes:?})"
-    );
-    assert_eq!(
-        del, want_del,
-        "ports DEL'ed by the warm restart (all writes: {writes:?})"
-    );
+    assert_eq!(hset, want_hset, "ports HSET by the warm restart (all writes: {writes:?})");
+    assert_eq!(del, want_del, "ports DEL'ed by the warm restart (all writes: {writes:?})");
     assert_eq!(writes.len(), 4, "one command per changed port: {writes:?}");
     assert_eq!(stats.counter("state_writes"), 3, "{}", stats_line(&stats));
     assert_eq!(stats.counter("state_deletes"), 1, "{}", stats_line(&stats));
     let produced: Vec<String> = producer_calls(&cmds).into_iter().flatten().collect();
-    assert!(
-        produced.iter().all(|k| k == "PortInitDone"),
-        "APPL_DB port writes in a warm start: {produced:?}"
-    );
+    assert!(produced.iter().all(|k| k == "PortInitDone"), "APPL_DB port writes in a warm start: {produced:?}");
     let direct = direct_appl_writes(&cmds);
-    assert!(
-        direct.is_empty(),
-        "APPL_DB written outside the producer:\n{}",
-        show(&direct)
-    );
+    assert!(direct.is_empty(), "APPL_DB written outside the producer:\n{}", show(&direct));
 
-    let present: Vec<String> = fx
-        .ports
-        .iter()
-        .filter(|p| *p != "Ethernet3")
-        .cloned()
-        .collect();
+    let present: Vec<String> = fx.ports.iter().filter(|p| *p != "Ethernet3").cloned().collect();
     fx.wait_state_matches_kernel(&present, DEFAULT_TIMEOUT, |_| true);
-    assert!(
-        fx.state_entry("Ethernet3").is_empty(),
-        "deleted netdev's STATE_DB row must be gone"
-    );
+    assert!(fx.state_entry("Ethernet3").is_empty(), "deleted netdev's STATE_DB row must be gone");
     assert_eq!(fx.state_entry("Ethernet1"), port_state(false, false, 1500));
     assert_eq!(fx.state_entry("Ethernet2"), port_state(true, true, 9000));
     assert_eq!(fx.state_entry("Ethernet8"), port_state(true, true, 1500));
@@ -757,9 +604,7 @@ fn kernel_in_storm_final(n: u32) -> impl Fn(&BTreeMap<String, LinkState>) -> boo
     move |links| {
         (0..n).all(|i| {
             let (admin, oper, mtu) = storm_final(i);
-            links
-                .get(&format!("Ethernet{i}"))
-                .is_some_and(|l| l.admin_up == admin && l.oper_up == oper && l.mtu == mtu)
+            links.get(&format!("Ethernet{i}")).is_some_and(|l| l.admin_up == admin && l.oper_up == oper && l.mtu == mtu)
         })
     }
 }
@@ -773,13 +618,8 @@ fn kill9_during_512_port_storm_then_warm_restart_matches_kernel_netlink() {
     fx.start_daemon(opts(mode, work.path()));
     fx.create_ports(0..N);
     fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, all_links(&fx.ports, true, true));
-    fx.daemon()
-        .wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
-    let events_before = fx
-        .daemon()
-        .stats()
-        .map(|s| s.counter("events"))
-        .unwrap_or(0);
+    fx.daemon().wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
+    let events_before = fx.daemon().stats().map(|s| s.counter("events")).unwrap_or(0);
 
     let lines = storm_lines(N);
     let ns = &fx.ns;
@@ -792,15 +632,10 @@ fn kill9_during_512_port_storm_then_warm_restart_matches_kernel_netlink() {
         });
         // Killed once the daemon has provably consumed part of the storm, so the kill lands
         // in the middle of its processing (stats are refreshed every 200 ms).
-        let seen = daemon.wait_stats(DEFAULT_TIMEOUT, "storm events counted", |s| {
-            s.counter("events") > events_before
-        });
+        let seen = daemon.wait_stats(DEFAULT_TIMEOUT, "storm events counted", |s| s.counter("events") > events_before);
         let done = storm.is_finished();
         let st = daemon.kill9();
-        assert!(
-            st.code().is_none(),
-            "kill -9 must end the daemon by signal, got {st:?}"
-        );
+        assert!(st.code().is_none(), "kill -9 must end the daemon by signal, got {st:?}");
         let batch_time = storm.join().expect("storm thread");
         (done, seen.counter("events") - events_before, batch_time)
     });
@@ -811,17 +646,8 @@ fn kill9_during_512_port_storm_then_warm_restart_matches_kernel_netlink() {
         batch_time.as_secs_f64() * 1e3
     );
     let doc = read_doc(&state_path(work.path()));
-    assert_eq!(
-        doc.get("clean_shutdown"),
-        Some(&Value::Bool(false)),
-        "a killed daemon leaves an unclean file: {doc}"
-    );
-    wait_kernel(
-        &fx.ns,
-        "kernel to settle in the storm's final state",
-        STORM_TIMEOUT,
-        kernel_in_storm_final(N),
-    );
+    assert_eq!(doc.get("clean_shutdown"), Some(&Value::Bool(false)), "a killed daemon leaves an unclean file: {doc}");
+    wait_kernel(&fx.ns, "kernel to settle in the storm's final state", STORM_TIMEOUT, kernel_in_storm_final(N));
     assert_eq!(warm_table(&fx.redis), hash(&[("restore_count", "0")]));
     enable_warm(&fx.redis);
 
@@ -834,10 +660,7 @@ fn kill9_during_512_port_storm_then_warm_restart_matches_kernel_netlink() {
         "after kill -9 the state file is not from a clean shutdown: the baseline must be read back from STATE_DB"
     );
     let produced: Vec<String> = producer_calls(&cmds).into_iter().flatten().collect();
-    assert!(
-        produced.iter().all(|k| k == "PortInitDone"),
-        "APPL_DB port writes in a warm start: {produced:?}"
-    );
+    assert!(produced.iter().all(|k| k == "PortInitDone"), "APPL_DB port writes in a warm start: {produced:?}");
     fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, kernel_in_storm_final(N));
     assert_warm_table_is_restore_count_1(&fx.redis);
     assert!(fx.daemon().is_running());
@@ -866,12 +689,7 @@ enum Damage {
     Empty,
 }
 
-const DAMAGES: [Damage; 4] = [
-    Damage::Truncated,
-    Damage::Garbage,
-    Damage::WrongVersion,
-    Damage::Empty,
-];
+const DAMAGES: [Damage; 4] = [Damage::Truncated, Damage::Garbage, Damage::WrongVersion, Damage::Empty];
 
 /// Replaces `path` with a damaged copy. Replaced, not rewritten in place: backups are hard links
 /// of earlier current files.
@@ -881,8 +699,7 @@ fn damage_file(path: &Path, d: Damage) {
         Damage::Truncated => body[..body.len() / 2].to_vec(),
         Damage::Garbage => b"\x00\xffportsyncd? {{{ not json \x7f".to_vec(),
         Damage::WrongVersion => {
-            let mut v: Value =
-                serde_json::from_slice(&body).expect("state file is JSON before damage");
+            let mut v: Value = serde_json::from_slice(&body).expect("state file is JSON before damage");
             v["version"] = Value::from(99);
             serde_json::to_vec(&v).expect("encode")
         }
@@ -906,37 +723,24 @@ fn corrupt_state_then_warm_restart(damage: Damage, all: bool) {
     fx.create_ports(0..N);
     fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, all_links(&fx.ports, true, true));
     let current = state_path(work.path());
-    wait_until(
-        DEFAULT_TIMEOUT,
-        "a periodic save holding every port",
-        || {
-            std::fs::read(&current)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .is_some_and(|d| doc_ports(&d) == N as usize)
-        },
-    );
+    wait_until(DEFAULT_TIMEOUT, "a periodic save holding every port", || {
+        std::fs::read(&current)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|d| doc_ports(&d) == N as usize)
+    });
     fx.orch.wait_idle(&fx.redis, DEFAULT_TIMEOUT);
     stop_clean(&mut fx);
     let backups = list_backups(work.path());
-    let newest = backups.last().cloned().unwrap_or_else(|| {
-        panic!(
-            "no backup after several saves in {}",
-            backup_dir(work.path()).display()
-        )
-    });
-    assert_eq!(
-        doc_ports(&read_doc(&newest)),
-        N as usize,
-        "newest backup {} holds every port",
-        newest.display()
-    );
+    let newest = backups
+        .last()
+        .cloned()
+        .unwrap_or_else(|| panic!("no backup after several saves in {}", backup_dir(work.path()).display()));
+    assert_eq!(doc_ports(&read_doc(&newest)), N as usize, "newest backup {} holds every port", newest.display());
 
     // A change the restart must publish: a wrong baseline shows as a missing or extra write.
     fx.ns.ip(&["link", "set", "Ethernet1", "down"]);
-    wait_kernel(&fx.ns, "Ethernet1 admin-down", DEFAULT_TIMEOUT, |l| {
-        l.get("Ethernet1").is_some_and(|e| !e.admin_up)
-    });
+    wait_kernel(&fx.ns, "Ethernet1 admin-down", DEFAULT_TIMEOUT, |l| l.get("Ethernet1").is_some_and(|e| !e.admin_up));
     damage_file(&current, damage);
     if all {
         for (i, b) in backups.iter().enumerate() {
@@ -950,22 +754,9 @@ fn corrupt_state_then_warm_restart(damage: Damage, all: bool) {
     let (stats, _, _) = start_warm(&mut fx, opts(mode, work.path()));
     mon.sync(&fx.redis);
     let cmds = mon.commands();
-    assert!(
-        fx.daemon().is_running(),
-        "daemon died with a corrupt state file"
-    );
-    assert_eq!(
-        wr(&stats, "corrupt_files_found"),
-        damaged,
-        "{}",
-        stats_line(&stats)
-    );
-    assert_eq!(
-        wr(&stats, "recoveries_from_backup"),
-        u64::from(!all),
-        "{}",
-        stats_line(&stats)
-    );
+    assert!(fx.daemon().is_running(), "daemon died with a corrupt state file");
+    assert_eq!(wr(&stats, "corrupt_files_found"), damaged, "{}", stats_line(&stats));
+    assert_eq!(wr(&stats, "recoveries_from_backup"), u64::from(!all), "{}", stats_line(&stats));
     assert_eq!(
         set_aside_files(work.path()).len() as u64,
         damaged,
@@ -973,10 +764,7 @@ fn corrupt_state_then_warm_restart(damage: Damage, all: bool) {
         set_aside_files(work.path())
     );
     if !all {
-        let name = newest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = newest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         assert!(
             fx.daemon().log().contains(&name),
             "the recovery must name the newest backup {name}:\n{}",
@@ -988,11 +776,7 @@ fn corrupt_state_then_warm_restart(damage: Damage, all: bool) {
         "neither a backup nor a missing file is a clean shutdown: the baseline must be read back from STATE_DB"
     );
     let (hset, del) = hset_and_del_ports(&state_port_writes(&cmds));
-    assert_eq!(
-        hset,
-        BTreeSet::from(["Ethernet1".to_owned()]),
-        "only the port changed while down is written"
-    );
+    assert_eq!(hset, BTreeSet::from(["Ethernet1".to_owned()]), "only the port changed while down is written");
     assert!(del.is_empty(), "nothing deleted: {del:?}");
     assert_eq!(stats.counter("state_writes"), 1, "{}", stats_line(&stats));
 
@@ -1045,12 +829,7 @@ fn clean_state_file_from_another_boot_is_checked_against_state_db_netlink() {
     std::fs::write(&path, serde_json::to_vec(&doc).expect("encode")).expect("rewrite state file");
     // STATE_DB no longer holds what the file says was written.
     let mut con = fx.redis.conn(STATE_DB);
-    redis::cmd("HSET")
-        .arg("PORT_TABLE|Ethernet0")
-        .arg("mtu")
-        .arg("1")
-        .query::<()>(&mut con)
-        .expect("HSET");
+    redis::cmd("HSET").arg("PORT_TABLE|Ethernet0").arg("mtu").arg("1").query::<()>(&mut con).expect("HSET");
     enable_warm(&fx.redis);
     let (stats, _, _) = start_warm(&mut fx, opts(mode, work.path()));
     assert_eq!(stats.counter("state_writes"), 1, "{}", stats_line(&stats));
@@ -1068,9 +847,7 @@ fn port_deleted_while_down_is_removed_without_a_usable_state_file_netlink() {
     // The state directory is lost (wiped disk, new container image): no file names the ports.
     std::fs::remove_dir_all(work.path().join("state")).expect("remove state dir");
     fx.ns.ip(&["link", "del", "Ethernet3"]);
-    wait_kernel(&fx.ns, "Ethernet3 deleted", DEFAULT_TIMEOUT, |l| {
-        !l.contains_key("Ethernet3")
-    });
+    wait_kernel(&fx.ns, "Ethernet3 deleted", DEFAULT_TIMEOUT, |l| !l.contains_key("Ethernet3"));
     enable_warm(&fx.redis);
     let (stats, _, _) = start_warm(&mut fx, opts(mode, work.path()));
     let present = port_names(0..3);
@@ -1091,15 +868,9 @@ fn assert_eoiu_timed_out(stats: &Stats) {
     assert_eq!(wr(stats, "eoiu_timed_out"), 1, "{}", stats_line(stats));
     assert_eq!(wr(stats, "eoiu_seen"), 0, "{}", stats_line(stats));
     // Initial sync waited for the 2 s timeout, and not for the 10 s default.
-    let ms = stats
-        .get("/warm_restart/initial_sync/max_ms")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0);
+    let ms = stats.get("/warm_restart/initial_sync/max_ms").and_then(Value::as_f64).unwrap_or(0.0);
     let min_ms = EOIU_TIMEOUT.as_secs_f64() * 1e3 - 50.0;
-    assert!(
-        (min_ms..5000.0).contains(&ms),
-        "initial sync took {ms} ms; want about {EOIU_TIMEOUT:?}"
-    );
+    assert!((min_ms..5000.0).contains(&ms), "initial sync took {ms} ms; want about {EOIU_TIMEOUT:?}");
 }
 
 /// Cold: the netdevs that exist at start are old (admin-down, ignored); new ones are followed.
@@ -1108,25 +879,13 @@ fn scenario_eoiu_timeout_cold(mode: Capture) {
     let old = [0, 1];
     let old_names = port_names(old);
     fx.create_ports(old);
-    wait_kernel(
-        &fx.ns,
-        "old ports up before the daemon starts",
-        DEFAULT_TIMEOUT,
-        all_links(&old_names, true, true),
-    );
+    wait_kernel(&fx.ns, "old ports up before the daemon starts", DEFAULT_TIMEOUT, all_links(&old_names, true, true));
     let stats = fx.start_daemon(DaemonOpts::new(mode).args(HOLD_EOIU_ARGS));
     assert_eq!(stats.warm_start(), Some(false));
     assert_eoiu_timed_out(&stats);
-    wait_kernel(
-        &fx.ns,
-        "pre-existing netdevs set admin-down",
-        DEFAULT_TIMEOUT,
-        |l| {
-            old_names
-                .iter()
-                .all(|p| l.get(p).is_some_and(|e| !e.admin_up))
-        },
-    );
+    wait_kernel(&fx.ns, "pre-existing netdevs set admin-down", DEFAULT_TIMEOUT, |l| {
+        old_names.iter().all(|p| l.get(p).is_some_and(|e| !e.admin_up))
+    });
     fx.create_ports([2]);
     fx.wait_state_entry("Ethernet2", &port_state(true, true, 1500));
     let rows: Vec<String> = state_db_port_table(&fx.redis).into_keys().collect();
@@ -1139,30 +898,17 @@ fn scenario_eoiu_timeout_warm(mode: Capture) {
     let mut fx = Fixture::new(mode, 4);
     first_run_then_stop(&mut fx, work.path(), &[0, 1, 2, 3], &[]);
     fx.ns.ip(&["link", "set", "Ethernet1", "down"]);
-    wait_kernel(&fx.ns, "Ethernet1 admin-down", DEFAULT_TIMEOUT, |l| {
-        l.get("Ethernet1").is_some_and(|e| !e.admin_up)
-    });
+    wait_kernel(&fx.ns, "Ethernet1 admin-down", DEFAULT_TIMEOUT, |l| l.get("Ethernet1").is_some_and(|e| !e.admin_up));
     enable_warm(&fx.redis);
     let (stats, _, _) = start_warm(&mut fx, opts(mode, work.path()).args(HOLD_EOIU_ARGS));
     assert_eoiu_timed_out(&stats);
-    assert_eq!(
-        stats.counter("state_writes"),
-        1,
-        "only Ethernet1 changed: {}",
-        stats_line(&stats)
-    );
-    assert!(
-        stats.port_init_done(),
-        "every configured port was in the dump"
-    );
+    assert_eq!(stats.counter("state_writes"), 1, "only Ethernet1 changed: {}", stats_line(&stats));
+    assert!(stats.port_init_done(), "every configured port was in the dump");
     fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, |_| true);
     assert_eq!(fx.state_entry("Ethernet1"), port_state(false, false, 1500));
     let links = fx.ns.links();
     for p in ["Ethernet0", "Ethernet2", "Ethernet3"] {
-        assert!(
-            links[p].admin_up,
-            "{p} must not be set admin-down by a warm start"
-        );
+        assert!(links[p].admin_up, "{p} must not be set admin-down by a warm start");
     }
     assert_warm_table_is_restore_count_1(&fx.redis);
     fx.ns.ip(&["link", "set", "Ethernet2", "mtu", "9000"]);
@@ -1176,11 +922,7 @@ fn scenario_eoiu_timeout_warm(mode: Capture) {
 const WVC_PORTS: u32 = 6;
 
 /// Ethernet1 admin-down, Ethernet2 without carrier, Ethernet3 mtu 9000, the rest up.
-const LINK_MIX: [&str; 3] = [
-    "link set Ethernet1 down",
-    "link set pe2 down",
-    "link set Ethernet3 mtu 9000",
-];
+const LINK_MIX: [&str; 3] = ["link set Ethernet1 down", "link set pe2 down", "link set Ethernet3 mtu 9000"];
 
 fn kernel_in_mix(links: &BTreeMap<String, LinkState>) -> bool {
     (0..WVC_PORTS).all(|i| {
@@ -1190,9 +932,7 @@ fn kernel_in_mix(links: &BTreeMap<String, LinkState>) -> bool {
             3 => (true, true, 9000),
             _ => (true, true, 1500),
         };
-        links
-            .get(&format!("Ethernet{i}"))
-            .is_some_and(|l| (l.admin_up, l.oper_up, l.mtu) == want)
+        links.get(&format!("Ethernet{i}")).is_some_and(|l| (l.admin_up, l.oper_up, l.mtu) == want)
     })
 }
 
@@ -1219,8 +959,7 @@ fn warm_and_cold_start_leave_identical_databases_but_restore_count_netlink() {
         wait_kernel(&fx.ns, "link mix", DEFAULT_TIMEOUT, kernel_in_mix);
         enable_warm(&fx.redis);
         start_warm(&mut fx, opts(mode, work.path()));
-        fx.daemon()
-            .wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
+        fx.daemon().wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
         fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, kernel_in_mix);
         fx.orch.wait_idle(&fx.redis, DEFAULT_TIMEOUT);
         snapshots(&fx.redis)
@@ -1231,18 +970,14 @@ fn warm_and_cold_start_leave_identical_databases_but_restore_count_netlink() {
         fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, all_links(&fx.ports, true, true));
         fx.ns.batch(&LINK_MIX);
         fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, kernel_in_mix);
-        fx.daemon()
-            .wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
+        fx.daemon().wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
         fx.orch.wait_idle(&fx.redis, DEFAULT_TIMEOUT);
         snapshots(&fx.redis)
     };
 
     // The enable flag is the test's input (the warm-reboot tooling sets and clears it).
     let state = warm.get_mut("STATE_DB").expect("STATE_DB");
-    assert_eq!(
-        state.remove(WARM_ENABLE_KEY),
-        Some(DbValue::Hash(hash(&[("enable", "true")])))
-    );
+    assert_eq!(state.remove(WARM_ENABLE_KEY), Some(DbValue::Hash(hash(&[("enable", "true")]))));
 
     let mut diffs = Vec::new();
     for (db, w) in &warm {
@@ -1260,27 +995,13 @@ fn warm_and_cold_start_leave_identical_databases_but_restore_count_netlink() {
         Some(DbValue::Hash(hash(&[("restore_count", "1")]))),
         Some(DbValue::Hash(hash(&[("restore_count", "0")]))),
     )];
-    assert_eq!(
-        diffs, expected,
-        "warm vs cold differences (db, key, warm, cold)"
-    );
+    assert_eq!(diffs, expected, "warm vs cold differences (db, key, warm, cold)");
     // Not vacuous: the ports and both markers are there.
     let appl = &cold["APPL_DB"];
-    for k in [
-        "PORT_TABLE:PortConfigDone",
-        "PORT_TABLE:PortInitDone",
-        "PORT_TABLE:Ethernet5",
-    ] {
-        assert!(
-            appl.contains_key(k),
-            "APPL_DB {k} missing: {:?}",
-            appl.keys().collect::<Vec<_>>()
-        );
+    for k in ["PORT_TABLE:PortConfigDone", "PORT_TABLE:PortInitDone", "PORT_TABLE:Ethernet5"] {
+        assert!(appl.contains_key(k), "APPL_DB {k} missing: {:?}", appl.keys().collect::<Vec<_>>());
     }
-    assert_eq!(
-        cold["STATE_DB"].get("PORT_TABLE|Ethernet2"),
-        Some(&DbValue::Hash(port_state(true, false, 1500)))
-    );
+    assert_eq!(cold["STATE_DB"].get("PORT_TABLE|Ethernet2"), Some(&DbValue::Hash(port_state(true, false, 1500))));
 }
 
 capture_tests! {

@@ -49,45 +49,39 @@ impl Interrupt {
         let flag = Interrupt::default();
         let f = flag.clone();
         let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
-        std::thread::Builder::new()
-            .name("demo-signals".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
+        std::thread::Builder::new().name("demo-signals".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut term = match signal(SignalKind::terminate()) {
+                    Ok(t) => t,
                     Err(e) => {
                         let _ = tx.send(Err(e.into()));
                         return;
                     }
                 };
-                rt.block_on(async move {
-                    let mut term = match signal(SignalKind::terminate()) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into()));
-                            return;
-                        }
-                    };
-                    let mut int = match signal(SignalKind::interrupt()) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into()));
-                            return;
-                        }
-                    };
-                    let _ = tx.send(Ok(()));
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
+                let mut int = match signal(SignalKind::interrupt()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                        return;
                     }
-                    eprintln!("\ndemo: interrupted, cleaning up...");
-                    f.0.store(true, Ordering::SeqCst);
-                });
-            })?;
-        rx.recv()
-            .context("signal thread ended before installing its handlers")??;
+                };
+                let _ = tx.send(Ok(()));
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                eprintln!("\ndemo: interrupted, cleaning up...");
+                f.0.store(true, Ordering::SeqCst);
+            });
+        })?;
+        rx.recv().context("signal thread ended before installing its handlers")??;
         Ok(flag)
     }
 
@@ -140,9 +134,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             eprintln!("demo: {info}");
         }
     }));
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        demo(&opts, capture, &binary, &interrupt)
-    }));
+    let result = catch_unwind(AssertUnwindSafe(|| demo(&opts, capture, &binary, &interrupt)));
     match result {
         Ok(r) => r,
         Err(panic) => {
@@ -159,29 +151,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 fn check_prerequisites() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the demo needs root (network namespaces, veth ports, eBPF): run `sudo -E cargo xtask demo`");
     }
-    let missing = || {
-        ["redis-server", "ip"]
-            .into_iter()
-            .filter(|p| !xtask::on_path(p))
-            .collect::<Vec<_>>()
-    };
+    let missing = || ["redis-server", "ip"].into_iter().filter(|p| !xtask::on_path(p)).collect::<Vec<_>>();
     if !missing().is_empty() {
-        eprintln!(
-            "demo: missing {:?}; running scripts/install-deps.sh",
-            missing()
-        );
-        xtask::run(
-            Command::new("bash").arg(xtask::workspace_root().join("scripts/install-deps.sh")),
-        )?;
+        eprintln!("demo: missing {:?}; running scripts/install-deps.sh", missing());
+        xtask::run(Command::new("bash").arg(xtask::workspace_root().join("scripts/install-deps.sh")))?;
         let still = missing();
         if !still.is_empty() {
             bail!("still missing after scripts/install-deps.sh: {still:?}");
@@ -203,22 +183,14 @@ fn wait<T>(
         match f() {
             Ok(v) => return Ok(v),
             Err(last) if start.elapsed() > timeout => {
-                bail!(
-                    "timed out after {:.1} s waiting for {what}; last seen: {last}",
-                    start.elapsed().as_secs_f64()
-                )
+                bail!("timed out after {:.1} s waiting for {what}; last seen: {last}", start.elapsed().as_secs_f64())
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }
 
-fn demo(
-    opts: &Options,
-    capture: Capture,
-    binary: &std::path::Path,
-    interrupt: &Interrupt,
-) -> anyhow::Result<()> {
+fn demo(opts: &Options, capture: Capture, binary: &std::path::Path, interrupt: &Interrupt) -> anyhow::Result<()> {
     let n = opts.ports;
     println!("demo: starting redis-server, {n} CONFIG_DB ports, orchagent stand-in, namespace");
     // Declaration order is the reverse of drop order: the daemon goes first, redis last.
@@ -228,21 +200,13 @@ fn demo(
     let ns = NetNs::new();
     interrupt.check()?;
 
-    println!(
-        "demo: starting {} --capture {} in namespace {}",
-        binary.display(),
-        capture,
-        ns.name()
-    );
+    println!("demo: starting {} --capture {} in namespace {}", binary.display(), capture, ns.name());
     let mut daemon = Daemon::start(&ns, &redis, DaemonOpts::new(capture).binary(binary));
     let stats = wait(interrupt, Duration::from_secs(20), "initial sync", || {
         if !daemon.is_running() {
             return Err(format!("portsyncd exited:\n{}", daemon.log_tail(30)));
         }
-        daemon
-            .stats()
-            .filter(Stats::initial_sync_done)
-            .ok_or_else(|| "not ready".to_owned())
+        daemon.stats().filter(Stats::initial_sync_done).ok_or_else(|| "not ready".to_owned())
     })?;
     let mode = stats.capture_mode().unwrap_or("unknown").to_owned();
     match stats.capture_fallback_reason() {
@@ -276,23 +240,16 @@ fn demo(
     let started = Instant::now();
     for _ in 0..opts.rounds {
         interrupt.check()?;
-        let mut lines: Vec<String> = (0..n)
-            .map(|i| format!("link set Ethernet{i} down"))
-            .collect();
+        let mut lines: Vec<String> = (0..n).map(|i| format!("link set Ethernet{i} down")).collect();
         lines.extend((0..n).map(|i| format!("link set Ethernet{i} up")));
         ns.batch(&lines);
     }
-    let lines: Vec<String> = mtu_ports
-        .iter()
-        .map(|i| format!("link set Ethernet{i} mtu 9000"))
-        .collect();
+    let lines: Vec<String> = mtu_ports.iter().map(|i| format!("link set Ethernet{i} mtu 9000")).collect();
     ns.batch(&lines);
     wait(interrupt, CONVERGE_TIMEOUT, "kernel to settle", || {
         let links = ns.links();
         let settled = ports.iter().enumerate().all(|(i, p)| {
-            links.get(p).is_some_and(|l| {
-                l.admin_up && l.oper_up && (l.mtu == 9000) == mtu_ports.contains(&(i as u32))
-            })
+            links.get(p).is_some_and(|l| l.admin_up && l.oper_up && (l.mtu == 9000) == mtu_ports.contains(&(i as u32)))
         });
         if settled {
             Ok(())
@@ -307,11 +264,7 @@ fn demo(
 
     print_table(&redis, &ports);
     let mismatches = state_db_mismatches(&ns, &redis, &ports).len();
-    let delta = |name: &str| {
-        stats
-            .counter(name)
-            .saturating_sub(before.as_ref().map(|b| b.counter(name)).unwrap_or(0))
-    };
+    let delta = |name: &str| stats.counter(name).saturating_sub(before.as_ref().map(|b| b.counter(name)).unwrap_or(0));
     println!(
         "\nsummary: {n} ports, capture {mode}, flap phase: {} kernel events, {} Redis writes \
          ({} skipped unchanged), {:.2} s elapsed, mismatches = {mismatches}",
@@ -335,61 +288,42 @@ fn demo(
     print_latency(stats.get("/latency"));
 
     let status = daemon.stop();
-    println!(
-        "\ndemo: portsyncd stopped ({status}); removing namespace, redis-server and temp files"
-    );
+    println!("\ndemo: portsyncd stopped ({status}); removing namespace, redis-server and temp files");
     if mismatches != 0 {
         bail!("{mismatches} port(s) differ between STATE_DB and the kernel");
     }
     Ok(())
 }
 
-fn converge(
-    interrupt: &Interrupt,
-    ns: &NetNs,
-    redis: &RedisServer,
-    ports: &[String],
-) -> anyhow::Result<()> {
-    wait(
-        interrupt,
-        CONVERGE_TIMEOUT,
-        "STATE_DB to equal the kernel",
-        || {
-            let bad = state_db_mismatches(ns, redis, ports);
-            if bad.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{} ports differ, e.g. {}", bad.len(), bad[0]))
-            }
-        },
-    )
+fn converge(interrupt: &Interrupt, ns: &NetNs, redis: &RedisServer, ports: &[String]) -> anyhow::Result<()> {
+    wait(interrupt, CONVERGE_TIMEOUT, "STATE_DB to equal the kernel", || {
+        let bad = state_db_mismatches(ns, redis, ports);
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} ports differ, e.g. {}", bad.len(), bad[0]))
+        }
+    })
 }
 
 /// The stats file is refreshed at most every ~200 ms; wait until two reads 300 ms apart agree.
 fn settled_stats(interrupt: &Interrupt, daemon: &Daemon) -> anyhow::Result<Stats> {
     let mut last: Option<Value> = None;
-    wait(
-        interrupt,
-        Duration::from_secs(10),
-        "stats to settle",
-        || {
-            std::thread::sleep(Duration::from_millis(300));
-            let now = daemon.stats().ok_or("no stats")?;
-            let counters = now.get("/counters").cloned();
-            if counters.is_some() && counters == last {
-                Ok(now)
-            } else {
-                last = counters;
-                Err("counters still moving".into())
-            }
-        },
-    )
+    wait(interrupt, Duration::from_secs(10), "stats to settle", || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = daemon.stats().ok_or("no stats")?;
+        let counters = now.get("/counters").cloned();
+        if counters.is_some() && counters == last {
+            Ok(now)
+        } else {
+            last = counters;
+            Err("counters still moving".into())
+        }
+    })
 }
 
 fn port_number(name: &str) -> u32 {
-    name.trim_start_matches("Ethernet")
-        .parse()
-        .unwrap_or(u32::MAX)
+    name.trim_start_matches("Ethernet").parse().unwrap_or(u32::MAX)
 }
 
 fn print_table(redis: &RedisServer, ports: &[String]) {
@@ -398,10 +332,7 @@ fn print_table(redis: &RedisServer, ports: &[String]) {
     names.sort_by_key(|n| port_number(n));
     let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
     println!("\nSTATE_DB PORT_TABLE");
-    println!(
-        "{:<w$}  {:<5}  {:<5}  {:<5}  {:>5}",
-        "port", "state", "admin", "oper", "mtu"
-    );
+    println!("{:<w$}  {:<5}  {:<5}  {:<5}  {:>5}", "port", "state", "admin", "oper", "mtu");
     let empty = BTreeMap::new();
     for n in names {
         let row = table.get(n.as_str()).unwrap_or(&empty);
@@ -419,11 +350,7 @@ fn print_table(redis: &RedisServer, ports: &[String]) {
 
 fn one_line(v: &Value) -> String {
     match v {
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", one_line(v)))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", one_line(v))).collect::<Vec<_>>().join(" "),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
@@ -437,9 +364,7 @@ fn print_latency(latency: Option<&Value>) {
         return;
     };
     println!("\nlatency (kernel event -> Redis ack, as reported in the stats file)");
-    const ORDER: [&str; 10] = [
-        "count", "min", "p50", "p90", "p99", "p99.9", "p999", "max", "mean", "unit",
-    ];
+    const ORDER: [&str; 10] = ["count", "min", "p50", "p90", "p99", "p99.9", "p999", "max", "mean", "unit"];
     for (name, h) in hists {
         match h {
             Value::Object(fields) => {

@@ -25,14 +25,13 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Whether `prog` is on PATH.
 pub fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file())).unwrap_or(false)
 }
 
 /// Runs `scripts/install-deps.sh` when something the tests, demo or bench need is missing.
 pub fn ensure_deps() -> anyhow::Result<()> {
-    let missing: Vec<&str> = ["redis-server", "ip", "capsh", "bpf-linker"].into_iter().filter(|p| !on_path(p)).collect();
+    let missing: Vec<&str> =
+        ["redis-server", "ip", "capsh", "bpf-linker"].into_iter().filter(|p| !on_path(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

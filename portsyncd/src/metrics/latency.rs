@@ -12,9 +12,7 @@ use std::io::{self, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use hdrhistogram::serialization::interval_log::{
-    IntervalLogWriterBuilder, IntervalLogWriterError, Tag,
-};
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, IntervalLogWriterError, Tag};
 use hdrhistogram::serialization::{V2DeflateSerializeError, V2DeflateSerializer};
 use hdrhistogram::{CreationError, Histogram};
 
@@ -33,8 +31,7 @@ const TAGS: &str = concat!(
     "batch_ports = ports written per batch, batch_processing = batch processing time (ns)"
 );
 /// Column legend of the interval log, as HdrHistogram's log writers emit it.
-const LEGEND: &str =
-    "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"";
+const LEGEND: &str = "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"";
 
 /// Errors of the histograms and their log file.
 #[derive(Debug, thiserror::Error)]
@@ -94,12 +91,7 @@ pub enum Kind {
 
 impl Kind {
     /// All kinds, in log order.
-    pub const ALL: [Kind; 4] = [
-        Kind::Latency,
-        Kind::BatchEvents,
-        Kind::BatchPorts,
-        Kind::BatchProcessing,
-    ];
+    pub const ALL: [Kind; 4] = [Kind::Latency, Kind::BatchEvents, Kind::BatchPorts, Kind::BatchProcessing];
 
     /// Interval-log tag (no `,`, space or newline, as the format requires).
     pub fn tag(self) -> &'static str {
@@ -149,19 +141,10 @@ impl Series {
         let make = || {
             // Lowest discernible value 1 keeps 3 digits down to the smallest values; the counts
             // array is allocated once here and, with auto-resize off, never grows.
-            Histogram::new_with_bounds(1, kind.max(), SIGNIFICANT_DIGITS).map_err(|source| {
-                LatencyError::Histogram {
-                    tag: kind.tag(),
-                    source,
-                }
-            })
+            Histogram::new_with_bounds(1, kind.max(), SIGNIFICANT_DIGITS)
+                .map_err(|source| LatencyError::Histogram { tag: kind.tag(), source })
         };
-        Ok(Series {
-            whole: make()?,
-            interval: make()?,
-            max: kind.max(),
-            clamped: 0,
-        })
+        Ok(Series { whole: make()?, interval: make()?, max: kind.max(), clamped: 0 })
     }
 
     #[inline]
@@ -270,9 +253,7 @@ impl LatencyRecorder {
             latency_us: self.latency.summary(Kind::Latency.display_ratio()),
             batch_events: self.batch_events.summary(Kind::BatchEvents.display_ratio()),
             batch_ports: self.batch_ports.summary(Kind::BatchPorts.display_ratio()),
-            batch_processing_us: self
-                .batch_processing
-                .summary(Kind::BatchProcessing.display_ratio()),
+            batch_processing_us: self.batch_processing.summary(Kind::BatchProcessing.display_ratio()),
             clock_anomalies: self.clock_anomalies,
             missing_timestamps: self.missing_timestamps,
         }
@@ -290,45 +271,22 @@ impl LatencyRecorder {
         let ratio = kind.display_ratio();
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail, so the fmt::Results below carry no information.
-        let _ = write!(
-            out,
-            "{:>12} {:>14} {:>10} {:>14}\n\n",
-            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-        );
+        let _ = write!(out, "{:>12} {:>14} {:>10} {:>14}\n\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
         let mut total = 0u64;
         for v in h.iter_quantiles(TICKS_PER_HALF_DISTANCE) {
             total += v.count_since_last_iteration();
             let value = v.value_iterated_to() as f64 / ratio;
             let q = v.quantile_iterated_to();
             if q < 1.0 {
-                let _ = writeln!(
-                    out,
-                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
-                    1.0 / (1.0 - q)
-                );
+                let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
             } else {
                 let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
             }
         }
         let sub_buckets = 2 * h.distinct_values() / (usize::from(h.buckets()) + 1);
-        let _ = writeln!(
-            out,
-            "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
-            h.mean() / ratio,
-            h.stdev() / ratio
-        );
-        let _ = writeln!(
-            out,
-            "#[Max     = {:12.3}, Total count    = {:12}]",
-            h.max() as f64 / ratio,
-            h.len()
-        );
-        let _ = writeln!(
-            out,
-            "#[Buckets = {:12}, SubBuckets     = {:12}]",
-            h.buckets(),
-            sub_buckets
-        );
+        let _ = writeln!(out, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", h.mean() / ratio, h.stdev() / ratio);
+        let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64 / ratio, h.len());
+        let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), sub_buckets);
         out
     }
 
@@ -342,12 +300,7 @@ impl LatencyRecorder {
     }
 
     fn reset_interval(&mut self) {
-        for s in [
-            &mut self.latency,
-            &mut self.batch_events,
-            &mut self.batch_ports,
-            &mut self.batch_processing,
-        ] {
+        for s in [&mut self.latency, &mut self.batch_events, &mut self.batch_ports, &mut self.batch_processing] {
             s.interval.reset();
         }
     }
@@ -420,10 +373,7 @@ impl IntervalLog {
     /// Creates (truncates) `path` and writes the header. `interval` is only recorded in the
     /// header; the caller calls [`IntervalLog::write_interval`] on that period.
     pub fn create(path: &Path, interval: Duration) -> Result<Self, LatencyError> {
-        let file = File::create(path).map_err(|source| LatencyError::Create {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = File::create(path).map_err(|source| LatencyError::Create { path: path.to_path_buf(), source })?;
         let mut log = IntervalLog {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
@@ -435,15 +385,9 @@ impl IntervalLog {
         let now = SystemTime::now();
         let mut header = IntervalLogWriterBuilder::new();
         header
-            .add_comment(&format!(
-                "[Logged with portsyncd {}]",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .add_comment(&format!("[Logged with portsyncd {}]", env!("CARGO_PKG_VERSION")))
             .add_comment("[Histogram log format version 1.3]")
-            .add_comment(&format!(
-                "[Interval {:.3} s. {TAGS}]",
-                interval.as_secs_f64()
-            ))
+            .add_comment(&format!("[Interval {:.3} s. {TAGS}]", interval.as_secs_f64()))
             .with_start_time(now)
             .with_base_time(now);
         let written = header
@@ -451,10 +395,7 @@ impl IntervalLog {
             .map(drop)
             .and_then(|()| writeln!(log.out, "{LEGEND}"))
             .and_then(|()| log.out.flush());
-        written.map_err(|source| LatencyError::Create {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        written.map_err(|source| LatencyError::Create { path: path.to_path_buf(), source })?;
         Ok(log)
     }
 
@@ -492,28 +433,16 @@ impl IntervalLog {
         // serializer (with its reusable buffers) for these lines.
         let mut w = IntervalLogWriterBuilder::new()
             .begin_log_with(&mut self.out, &mut self.serializer)
-            .map_err(|source| LatencyError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(|source| LatencyError::Write { path: self.path.clone(), source })?;
         for kind in Kind::ALL {
-            w.write_histogram(
-                &rec.series(kind).interval,
-                start,
-                length,
-                Tag::new(kind.tag()),
-            )
-            .map_err(|e| match e {
-                IntervalLogWriterError::IoError(source) => LatencyError::Write {
-                    path: self.path.clone(),
-                    source,
+            w.write_histogram(&rec.series(kind).interval, start, length, Tag::new(kind.tag())).map_err(
+                |e| match e {
+                    IntervalLogWriterError::IoError(source) => LatencyError::Write { path: self.path.clone(), source },
+                    IntervalLogWriterError::SerializeError(source) => {
+                        LatencyError::Encode { path: self.path.clone(), tag: kind.tag(), source }
+                    }
                 },
-                IntervalLogWriterError::SerializeError(source) => LatencyError::Encode {
-                    path: self.path.clone(),
-                    tag: kind.tag(),
-                    source,
-                },
-            })?;
+            )?;
         }
         Ok(())
     }
@@ -542,19 +471,13 @@ impl IntervalLog {
         }
         self.out
             .write_all(text.as_bytes())
-            .map_err(|source| LatencyError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(|source| LatencyError::Write { path: self.path.clone(), source })?;
         self.flush()
     }
 
     /// Flushes buffered lines to the file.
     pub fn flush(&mut self) -> Result<(), LatencyError> {
-        self.out.flush().map_err(|source| LatencyError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        self.out.flush().map_err(|source| LatencyError::Write { path: self.path.clone(), source })
     }
 }
 
@@ -574,15 +497,11 @@ mod tests {
 
     /// Standard base64 (RFC 4648 with padding), enough to read log lines back.
     fn base64_decode(s: &str) -> Vec<u8> {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = Vec::new();
         let (mut acc, mut bits) = (0u32, 0u32);
         for c in s.bytes().filter(|&c| c != b'=') {
-            let v = ALPHABET
-                .iter()
-                .position(|&a| a == c)
-                .unwrap_or_else(|| panic!("not base64: {c}")) as u32;
+            let v = ALPHABET.iter().position(|&a| a == c).unwrap_or_else(|| panic!("not base64: {c}")) as u32;
             acc = (acc << 6) | v;
             bits += 6;
             if bits >= 8 {
@@ -603,16 +522,8 @@ mod tests {
                 _ => None,
             })
             .map(|i| {
-                let h: Histogram<u64> = d
-                    .deserialize(&mut &base64_decode(i.encoded_histogram())[..])
-                    .unwrap();
-                (
-                    i.tag().expect("tagged").as_str().to_string(),
-                    i.start_timestamp(),
-                    i.duration(),
-                    i.max(),
-                    h,
-                )
+                let h: Histogram<u64> = d.deserialize(&mut &base64_decode(i.encoded_histogram())[..]).unwrap();
+                (i.tag().expect("tagged").as_str().to_string(), i.start_timestamp(), i.duration(), i.max(), h)
             })
             .collect()
     }
@@ -630,14 +541,9 @@ mod tests {
         }
         let s = r.summary().latency_us;
         assert_eq!(s.count, 10_000);
-        for (got, want) in [
-            (s.min, 1.0),
-            (s.p50, 5_000.0),
-            (s.p90, 9_000.0),
-            (s.p99, 9_900.0),
-            (s.p999, 9_990.0),
-            (s.max, 10_000.0),
-        ] {
+        for (got, want) in
+            [(s.min, 1.0), (s.p50, 5_000.0), (s.p90, 9_000.0), (s.p99, 9_900.0), (s.p999, 9_990.0), (s.max, 10_000.0)]
+        {
             assert!(within_precision(got, want), "{got} vs {want}: {s:?}");
         }
         assert_eq!(s.clamped, 0);
@@ -650,10 +556,7 @@ mod tests {
         r.record_batch(128, 64, 250_000);
         r.record_batch(2, 1, 50_000);
         let s = r.summary();
-        assert_eq!(
-            (s.batch_events.count, s.batch_events.min, s.batch_events.max),
-            (2, 2.0, 128.0)
-        );
+        assert_eq!((s.batch_events.count, s.batch_events.min, s.batch_events.max), (2, 2.0, 128.0));
         assert_eq!((s.batch_ports.min, s.batch_ports.max), (1.0, 64.0));
         assert!(within_precision(s.batch_processing_us.max, 250.0), "{s:?}");
         assert!(within_precision(s.batch_processing_us.min, 50.0), "{s:?}");
@@ -673,26 +576,10 @@ mod tests {
         assert_eq!(s.clock_anomalies, 1);
         assert_eq!(s.missing_timestamps, 1);
         assert_eq!(s.latency_us.min, 0.0);
-        assert!(
-            within_precision(s.latency_us.max, MAX_NS as f64 / 1_000.0),
-            "{s:?}"
-        );
-        assert!(
-            within_precision(s.batch_events.max, MAX_BATCH as f64),
-            "{s:?}"
-        );
-        assert!(
-            within_precision(s.batch_processing_us.max, MAX_NS as f64 / 1_000.0),
-            "{s:?}"
-        );
-        assert_eq!(
-            (
-                s.batch_events.clamped,
-                s.batch_ports.clamped,
-                s.batch_processing_us.clamped
-            ),
-            (1, 1, 1)
-        );
+        assert!(within_precision(s.latency_us.max, MAX_NS as f64 / 1_000.0), "{s:?}");
+        assert!(within_precision(s.batch_events.max, MAX_BATCH as f64), "{s:?}");
+        assert!(within_precision(s.batch_processing_us.max, MAX_NS as f64 / 1_000.0), "{s:?}");
+        assert_eq!((s.batch_events.clamped, s.batch_ports.clamped, s.batch_processing_us.clamped), (1, 1, 1));
     }
 
     #[test]
@@ -711,16 +598,8 @@ mod tests {
             r.record_batch(x >> (i % 64), x >> 40, x);
         }
         assert_eq!(sizes(&r), before);
-        assert_eq!(
-            r.histogram(Kind::Latency).len(),
-            1_000_000,
-            "anomalies are recorded as 0, never dropped"
-        );
-        assert!(
-            r.summary().latency_us.clamped > 100_000,
-            "{:?}",
-            r.summary()
-        );
+        assert_eq!(r.histogram(Kind::Latency).len(), 1_000_000, "anomalies are recorded as 0, never dropped");
+        assert!(r.summary().latency_us.clamped > 100_000, "{:?}", r.summary());
     }
 
     #[test]
@@ -740,9 +619,7 @@ mod tests {
         drop(log);
 
         let text = std::fs::read(&path).unwrap();
-        let entries: Vec<_> = IntervalLogIterator::new(&text)
-            .map(|e| e.unwrap())
-            .collect();
+        let entries: Vec<_> = IntervalLogIterator::new(&text).map(|e| e.unwrap()).collect();
         assert!(matches!(entries[0], LogEntry::StartTime(_)), "{entries:?}");
         assert!(matches!(entries[1], LogEntry::BaseTime(_)), "{entries:?}");
         let s = String::from_utf8(text.clone()).unwrap();
@@ -750,44 +627,19 @@ mod tests {
 
         let iv = intervals(&text);
         let tags: Vec<&str> = iv.iter().map(|i| i.0.as_str()).collect();
-        assert_eq!(
-            tags,
-            ["latency", "batch_events", "batch_ports", "batch_processing"].repeat(2)
-        );
+        assert_eq!(tags, ["latency", "batch_events", "batch_ports", "batch_processing"].repeat(2));
         let (first, second) = iv.split_at(4);
-        assert_eq!(
-            (first[0].4.len(), second[0].4.len()),
-            (3, 1),
-            "second interval holds only its own values"
-        );
-        assert!(
-            within_precision(first[0].3, 300_000.0)
-                && within_precision(first[0].4.max() as f64, 300_000.0)
-        );
+        assert_eq!((first[0].4.len(), second[0].4.len()), (3, 1), "second interval holds only its own values");
+        assert!(within_precision(first[0].3, 300_000.0) && within_precision(first[0].4.max() as f64, 300_000.0));
         assert!(within_precision(second[0].3, 50_000.0), "{}", second[0].3);
-        assert_eq!(
-            (first[1].4.len(), first[1].4.max(), first[1].3),
-            (1, 3, 3.0)
-        );
+        assert_eq!((first[1].4.len(), first[1].4.max(), first[1].3), (1, 3, 3.0));
         assert_eq!((first[2].4.max(), first[2].3), (2, 2.0));
         assert!(within_precision(first[3].4.max() as f64, 700_000.0));
-        assert_eq!(
-            (second[1].4.len(), second[3].4.len()),
-            (0, 0),
-            "empty intervals are still logged"
-        );
+        assert_eq!((second[1].4.len(), second[3].4.len()), (0, 0), "empty intervals are still logged");
         // Intervals tile the time line: the second starts where the first ended.
         let first_end = first[0].1 + first[0].2;
-        assert!(
-            second[0].1.abs_diff(first_end) <= Duration::from_millis(2),
-            "{first_end:?} vs {:?}",
-            second[0].1
-        );
-        assert!(
-            second[0].2 >= Duration::from_millis(19),
-            "{:?}",
-            second[0].2
-        );
+        assert!(second[0].1.abs_diff(first_end) <= Duration::from_millis(2), "{first_end:?} vs {:?}", second[0].1);
+        assert!(second[0].2 >= Duration::from_millis(19), "{:?}", second[0].2);
         // The whole run still holds both intervals.
         assert_eq!(r.histogram(Kind::Latency).len(), 4);
     }
@@ -801,20 +653,13 @@ mod tests {
         r.record_latency_ns(1, 12_345);
         log.write_interval(&mut r).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("Tag=latency,"))
-            .expect("latency line");
+        let line = text.lines().find(|l| l.starts_with("Tag=latency,")).expect("latency line");
         let bytes = base64_decode(line.rsplit(',').next().unwrap());
         let cookie = u32::from_be_bytes(bytes[0..4].try_into().unwrap());
         assert_eq!(cookie & !0xf0, 0x1c84_9304, "cookie {cookie:#x}");
         assert_eq!(cookie, V2_COMPRESSED_COOKIE);
         let payload = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
-        assert_eq!(
-            payload,
-            bytes.len() - 8,
-            "length word covers the zlib payload"
-        );
+        assert_eq!(payload, bytes.len() - 8, "length word covers the zlib payload");
         assert_eq!(bytes[8] & 0x0f, 8, "zlib header, deflate method");
     }
 
@@ -827,55 +672,31 @@ mod tests {
         let t = r.percentile_table();
         let lines: Vec<&str> = t.lines().collect();
         let header: Vec<&str> = lines[0].split_whitespace().collect();
-        assert_eq!(
-            header,
-            ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
-        );
+        assert_eq!(header, ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]);
         assert_eq!(lines[1], "");
-        let rows: Vec<Vec<&str>> = lines[2..]
-            .iter()
-            .take_while(|l| !l.starts_with('#'))
-            .map(|l| l.split_whitespace().collect())
-            .collect();
+        let rows: Vec<Vec<&str>> =
+            lines[2..].iter().take_while(|l| !l.starts_with('#')).map(|l| l.split_whitespace().collect()).collect();
         assert!(rows.len() > 20, "{t}");
         assert_eq!(rows[0][1], "0.000000000000");
         let last = rows.last().unwrap();
-        assert_eq!(
-            (last[1], last[2], last.len()),
-            ("1.000000000000", "1000", 3),
-            "{t}"
-        );
+        assert_eq!((last[1], last[2], last.len()), ("1.000000000000", "1000", 3), "{t}");
         assert!(within_precision(last[0].parse().unwrap(), 1_000.0), "{t}");
         let counts: Vec<u64> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
         assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{t}");
         let footer = &lines[lines.len() - 3..];
-        assert!(
-            footer[0].starts_with("#[Mean    = ") && footer[0].contains(", StdDeviation   = "),
-            "{t}"
-        );
+        assert!(footer[0].starts_with("#[Mean    = ") && footer[0].contains(", StdDeviation   = "), "{t}");
         assert!(
             within_precision(
-                footer[0]["#[Mean    = ".len()..]
-                    .split(',')
-                    .next()
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap(),
+                footer[0]["#[Mean    = ".len()..].split(',').next().unwrap().trim().parse().unwrap(),
                 500.5
             ),
             "{t}"
         );
         assert!(
-            footer[1].starts_with("#[Max     = ")
-                && footer[1].ends_with(", Total count    =         1000]"),
+            footer[1].starts_with("#[Max     = ") && footer[1].ends_with(", Total count    =         1000]"),
             "{t}"
         );
-        assert!(
-            footer[2].starts_with("#[Buckets = ")
-                && footer[2].ends_with("SubBuckets     =         2048]"),
-            "{t}"
-        );
+        assert!(footer[2].starts_with("#[Buckets = ") && footer[2].ends_with("SubBuckets     =         2048]"), "{t}");
     }
 
     #[test]
@@ -894,24 +715,16 @@ mod tests {
         let s = std::str::from_utf8(&text).unwrap();
         let tables: Vec<&str> = s.lines().filter(|l| l.contains("Total count")).collect();
         assert_eq!(tables.len(), 4, "one table per histogram\n{s}");
-        assert!(
-            tables[0].starts_with("#[Max") && tables[0].ends_with("Total count    =            1]"),
-            "{s}"
-        );
+        assert!(tables[0].starts_with("#[Max") && tables[0].ends_with("Total count    =            1]"), "{s}");
         assert!(s.lines().any(|l| l.starts_with("#       Value")), "{s}");
-        assert!(
-            s.lines()
-                .all(|l| l.starts_with('#') || l.starts_with("Tag=") || l == LEGEND),
-            "{s}"
-        );
+        assert!(s.lines().all(|l| l.starts_with('#') || l.starts_with("Tag=") || l == LEGEND), "{s}");
         // Still a valid interval log with both intervals.
         assert_eq!(intervals(&text).len(), 8);
     }
 
     #[test]
     fn create_fails_with_the_path_in_the_error() {
-        let e = IntervalLog::create(Path::new("/nonexistent-dir/x.hlog"), Duration::from_secs(1))
-            .unwrap_err();
+        let e = IntervalLog::create(Path::new("/nonexistent-dir/x.hlog"), Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, LatencyError::Create { .. }), "{e:?}");
         assert!(e.to_string().contains("/nonexistent-dir/x.hlog"), "{e}");
     }

@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn prometheus_flattens_numbers_and_bools() {
-        let t = prometheus_text(&serde_json::json!({"counters": {"events": 3}, "port_init_done": true, "mode": "ebpf"}));
+        let t =
+            prometheus_text(&serde_json::json!({"counters": {"events": 3}, "port_init_done": true, "mode": "ebpf"}));
         assert!(t.contains("portsyncd_counters_events 3\n"), "{t}");
         assert!(t.contains("portsyncd_port_init_done 1\n"), "{t}");
         assert!(!t.contains("mode"), "{t}");

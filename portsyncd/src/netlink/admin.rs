@@ -41,7 +41,12 @@ pub async fn set_down(ifindexes: &[u32], timeout: Duration) -> Result<AdminOutco
         let seq = i as u32 + 1;
         seq_to_ifindex.insert(seq, ifindex);
         let mut link = LinkMessage::default();
-        link.header = LinkHeader { index: ifindex, flags: LinkFlags::empty(), change_mask: LinkFlags::Up, ..LinkHeader::default() };
+        link.header = LinkHeader {
+            index: ifindex,
+            flags: LinkFlags::empty(),
+            change_mask: LinkFlags::Up,
+            ..LinkHeader::default()
+        };
         let mut hdr = NetlinkHeader::default();
         hdr.flags = NLM_F_REQUEST | NLM_F_ACK;
         hdr.sequence_number = seq;

@@ -78,17 +78,32 @@ pub async fn dump_links(opts: DumpOptions) -> Result<Dump, DumpError> {
             tokio::time::timeout_at(deadline, one_dump(&sock, seq, opts.hold_done, &mut links, &mut intr)).await;
         match attempt {
             Err(_elapsed) => {
-                return Ok(Dump { links, end: DumpEnd::Timeout, intr_retries: retries, inconsistent: intr, elapsed: started.elapsed() });
+                return Ok(Dump {
+                    links,
+                    end: DumpEnd::Timeout,
+                    intr_retries: retries,
+                    inconsistent: intr,
+                    elapsed: started.elapsed(),
+                });
             }
             Ok(Err(e)) => return Err(e),
             Ok(Ok(())) => {
                 if intr && retries < opts.max_retries {
                     retries += 1;
                     seq = seq.wrapping_add(1);
-                    tracing::info!(retry = retries, "link dump interrupted by concurrent changes (NLM_F_DUMP_INTR); dumping again");
+                    tracing::info!(
+                        retry = retries,
+                        "link dump interrupted by concurrent changes (NLM_F_DUMP_INTR); dumping again"
+                    );
                     continue;
                 }
-                return Ok(Dump { links, end: DumpEnd::Done, intr_retries: retries, inconsistent: intr, elapsed: started.elapsed() });
+                return Ok(Dump {
+                    links,
+                    end: DumpEnd::Done,
+                    intr_retries: retries,
+                    inconsistent: intr,
+                    elapsed: started.elapsed(),
+                });
             }
         }
     }
@@ -98,7 +113,8 @@ fn request(seq: u32) -> Vec<u8> {
     let mut hdr = NetlinkHeader::default();
     hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
     hdr.sequence_number = seq;
-    let mut msg = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(LinkMessage::default())));
+    let mut msg =
+        NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(LinkMessage::default())));
     msg.finalize();
     let mut buf = vec![0; msg.buffer_len()];
     msg.serialize(&mut buf);

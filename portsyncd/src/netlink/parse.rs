@@ -1,10 +1,10 @@
 //! Raw netlink datagrams -> [`PortEvent`]s and control messages (`NLMSG_DONE`, `NLMSG_ERROR`).
 //! Link attributes are decoded by netlink-packet-route; only the framing is walked here.
 
+use netlink_packet_core::Parseable;
 use netlink_packet_core::{NetlinkBuffer, NLM_F_DUMP_INTR, NLM_F_MULTIPART};
 use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::AddressFamily;
-use netlink_packet_core::Parseable;
 use portsyncd_common::{present, PortEvent, RTM_DELLINK, RTM_NEWLINK};
 
 /// `NLMSG_ERROR`.
@@ -66,12 +66,8 @@ pub fn for_each_message(buf: &[u8], origin: u8, timestamp_ns: u64, mut f: impl F
             return 1;
         };
         let len = nl.length() as usize;
-        let header = Header {
-            msg_type: nl.message_type(),
-            flags: nl.flags(),
-            seq: nl.sequence_number(),
-            pid: nl.port_number(),
-        };
+        let header =
+            Header { msg_type: nl.message_type(), flags: nl.flags(), seq: nl.sequence_number(), pid: nl.port_number() };
         let payload = nl.payload();
         let msg = match header.msg_type {
             RTM_NEWLINK | RTM_DELLINK => match decode_link(header.msg_type, payload, origin, timestamp_ns) {
@@ -159,7 +155,17 @@ pub(crate) mod tests {
 
     /// Serializes a link message exactly as the kernel frames it.
     #[expect(clippy::too_many_arguments, reason = "one argument per header field keeps call sites readable")]
-    pub(crate) fn link_msg(new: bool, index: u32, name: &str, flags: u32, mtu: u32, master: u32, kind: Option<&str>, seq: u32, nl_flags: u16) -> Vec<u8> {
+    pub(crate) fn link_msg(
+        new: bool,
+        index: u32,
+        name: &str,
+        flags: u32,
+        mtu: u32,
+        master: u32,
+        kind: Option<&str>,
+        seq: u32,
+        nl_flags: u16,
+    ) -> Vec<u8> {
         let mut link = LinkMessage::default();
         link.header = LinkHeader { index, flags: LinkFlags::from_bits_retain(flags), ..LinkHeader::default() };
         link.attributes.push(LinkAttribute::IfName(name.into()));
@@ -237,7 +243,13 @@ pub(crate) mod tests {
         let mut bad = link_msg(true, 1, "Ethernet0", 0, 1500, 0, None, 0, 0);
         bad[0..4].copy_from_slice(&4000u32.to_ne_bytes());
         let mut n = 0;
-        assert_eq!(for_each_message(&bad, 2, 0, |_, m| { assert_eq!(m, Message::Malformed); n += 1 }), 1);
+        assert_eq!(
+            for_each_message(&bad, 2, 0, |_, m| {
+                assert_eq!(m, Message::Malformed);
+                n += 1
+            }),
+            1
+        );
         assert_eq!(n, 1);
         // A truncated ifinfomsg.
         let mut short = control_msg(RTM_NEWLINK, 0, 0, 0);

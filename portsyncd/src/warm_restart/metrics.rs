@@ -275,10 +275,7 @@ mod tests {
 
     #[test]
     fn counters_saturate_instead_of_wrapping() {
-        let mut m = WarmRestartMetrics {
-            backups_cleaned: u64::MAX - 1,
-            ..Default::default()
-        };
+        let mut m = WarmRestartMetrics { backups_cleaned: u64::MAX - 1, ..Default::default() };
         m.record_backups_cleaned(5);
         assert_eq!(m.backups_cleaned, u64::MAX);
     }
@@ -286,11 +283,7 @@ mod tests {
     #[test]
     fn summary_is_one_line_with_every_counter_and_no_ratio() {
         let mut m = WarmRestartMetrics::default();
-        assert!(
-            m.summary().contains("initial_sync_ms(min/avg/max)=-/-/-"),
-            "{}",
-            m.summary()
-        );
+        assert!(m.summary().contains("initial_sync_ms(min/avg/max)=-/-/-"), "{}", m.summary());
         m.record_warm_start();
         m.record_corrupt_file();
         m.record_initial_sync(Duration::from_millis(5));

@@ -24,12 +24,16 @@ pub fn baseline_from_records(records: &BTreeMap<String, PortRecord>) -> HashMap<
 }
 
 /// What we wrote, as file records.
-pub fn records_from_state(written: &BTreeMap<String, PortState>, ifindexes: &HashMap<PortName, u32>) -> BTreeMap<String, PortRecord> {
+pub fn records_from_state(
+    written: &BTreeMap<String, PortState>,
+    ifindexes: &HashMap<PortName, u32>,
+) -> BTreeMap<String, PortRecord> {
     written
         .iter()
         .map(|(name, s)| {
             let ifindex = PortName::new(name.as_bytes()).and_then(|n| ifindexes.get(&n).copied()).unwrap_or(0);
-            let flags = (u32::from(s.admin_up) * portsyncd_common::IFF_UP) | (u32::from(s.oper_up) * portsyncd_common::IFF_RUNNING);
+            let flags = (u32::from(s.admin_up) * portsyncd_common::IFF_UP)
+                | (u32::from(s.oper_up) * portsyncd_common::IFF_RUNNING);
             (name.clone(), PortRecord { ifindex, admin_up: s.admin_up, oper_up: s.oper_up, mtu: s.mtu, flags })
         })
         .collect()
@@ -39,7 +43,10 @@ pub fn records_from_state(written: &BTreeMap<String, PortState>, ifindexes: &Has
 /// `PortChannel*` entry already there (so that a port deleted while the daemon was down is found
 /// even without a state file). Reads only. Entries without our four fields (e.g. intfmgrd's
 /// sub-interface rows) are left out: they are neither ours to delete nor a baseline.
-pub async fn baseline_from_state_db(dbs: &SonicDbs, names: &[PortName]) -> Result<HashMap<PortName, PortState>, WriteError> {
+pub async fn baseline_from_state_db(
+    dbs: &SonicDbs,
+    names: &[PortName],
+) -> Result<HashMap<PortName, PortState>, WriteError> {
     let mut conn = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new());
     let mut pipe = redis::pipe();
     for prefix in [crate::linksync::INTFS_PREFIX, crate::linksync::LAG_PREFIX] {
@@ -52,7 +59,12 @@ pub async fn baseline_from_state_db(dbs: &SonicDbs, names: &[PortName]) -> Resul
     let names: Vec<PortName> = all.into_iter().collect();
     let mut pipe = redis::pipe();
     for n in &names {
-        pipe.cmd("HMGET").arg(dbs.state.key(PORT_TABLE, n.as_str())).arg(&["state", "netdev_oper_status", "admin_status", "mtu"]);
+        pipe.cmd("HMGET").arg(dbs.state.key(PORT_TABLE, n.as_str())).arg(&[
+            "state",
+            "netdev_oper_status",
+            "admin_status",
+            "mtu",
+        ]);
     }
     if names.is_empty() {
         return Ok(HashMap::new());
@@ -70,7 +82,11 @@ fn parse_row(row: &[Option<String>]) -> Option<PortState> {
     if row.first()?.as_deref() != Some("ok") {
         return None;
     }
-    Some(PortState { oper_up: updown(row.get(1)?)?, admin_up: updown(row.get(2)?)?, mtu: row.get(3)?.as_deref()?.parse().ok()? })
+    Some(PortState {
+        oper_up: updown(row.get(1)?)?,
+        admin_up: updown(row.get(2)?)?,
+        mtu: row.get(3)?.as_deref()?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -80,7 +96,10 @@ mod tests {
     #[test]
     fn state_db_rows_parse_only_when_complete() {
         let s = |v: &str| Some(v.to_owned());
-        assert_eq!(parse_row(&[s("ok"), s("up"), s("down"), s("9100")]), Some(PortState { oper_up: true, admin_up: false, mtu: 9100 }));
+        assert_eq!(
+            parse_row(&[s("ok"), s("up"), s("down"), s("9100")]),
+            Some(PortState { oper_up: true, admin_up: false, mtu: 9100 })
+        );
         assert_eq!(parse_row(&[None, s("up"), s("down"), s("9100")]), None);
         assert_eq!(parse_row(&[s("ok"), s("sideways"), s("down"), s("9100")]), None);
         assert_eq!(parse_row(&[s("ok"), s("up"), s("down"), s("big")]), None);
@@ -89,7 +108,8 @@ mod tests {
     #[test]
     fn records_round_trip_to_baseline() {
         let n = PortName::new(b"Ethernet0").unwrap();
-        let written: BTreeMap<String, PortState> = [("Ethernet0".to_owned(), PortState { admin_up: true, oper_up: true, mtu: 9100 })].into();
+        let written: BTreeMap<String, PortState> =
+            [("Ethernet0".to_owned(), PortState { admin_up: true, oper_up: true, mtu: 9100 })].into();
         let recs = records_from_state(&written, &[(n, 7)].into());
         assert_eq!(recs["Ethernet0"].ifindex, 7);
         assert_eq!(recs["Ethernet0"].flags, 0x41);

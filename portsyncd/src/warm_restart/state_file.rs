@@ -76,11 +76,7 @@ pub struct StateFileConfig {
 
 impl Default for StateFileConfig {
     fn default() -> Self {
-        Self {
-            path: PathBuf::from(DEFAULT_STATE_FILE),
-            backups: DEFAULT_BACKUPS,
-            max_age: DEFAULT_MAX_AGE,
-        }
+        Self { path: PathBuf::from(DEFAULT_STATE_FILE), backups: DEFAULT_BACKUPS, max_age: DEFAULT_MAX_AGE }
     }
 }
 
@@ -240,14 +236,8 @@ impl BackupKey {
     /// "newest" always means "most recently rotated".
     fn next(newest: Option<BackupKey>, now_ms: u64) -> BackupKey {
         match newest {
-            Some(k) if k.millis >= now_ms => BackupKey {
-                millis: k.millis,
-                seq: k.seq.saturating_add(1),
-            },
-            _ => BackupKey {
-                millis: now_ms,
-                seq: 0,
-            },
+            Some(k) if k.millis >= now_ms => BackupKey { millis: k.millis, seq: k.seq.saturating_add(1) },
+            _ => BackupKey { millis: now_ms, seq: 0 },
         }
     }
 }
@@ -266,21 +256,8 @@ impl StateStore {
         };
         let file_name = lossy(cfg.path.file_name());
         let stem = lossy(cfg.path.file_stem());
-        let ext = cfg
-            .path
-            .extension()
-            .map(|e| format!(".{}", e.to_string_lossy()))
-            .unwrap_or_default();
-        Self {
-            backup_dir: dir.join(BACKUP_DIR),
-            dir,
-            file_name,
-            stem,
-            ext,
-            boot_id: read_boot_id(),
-            tmp_seq: 0,
-            cfg,
-        }
+        let ext = cfg.path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        Self { backup_dir: dir.join(BACKUP_DIR), dir, file_name, stem, ext, boot_id: read_boot_id(), tmp_seq: 0, cfg }
     }
 
     /// The current file's path.
@@ -318,9 +295,7 @@ impl StateStore {
 
     fn load_at(&mut self, now_ms: u64, metrics: &mut WarmRestartMetrics) -> Option<LoadedState> {
         let (doc, from_backup) = self.sweep(now_ms, true, metrics)?;
-        let saved_at = UNIX_EPOCH
-            .checked_add(Duration::from_millis(doc.saved_at_unix_ms))
-            .unwrap_or(UNIX_EPOCH);
+        let saved_at = UNIX_EPOCH.checked_add(Duration::from_millis(doc.saved_at_unix_ms)).unwrap_or(UNIX_EPOCH);
         let same_boot = matches!((&doc.boot_id, &self.boot_id), (Some(a), Some(b)) if a == b);
         let state = LoadedState {
             ports: doc.ports,
@@ -362,12 +337,7 @@ impl StateStore {
         self.remove_temp_files();
         self.remove_old_corrupt_files(now_ms);
         let mut candidates = vec![(self.cfg.path.clone(), false)];
-        candidates.extend(
-            self.list_backups()
-                .into_iter()
-                .rev()
-                .map(|(_, p)| (p, true)),
-        );
+        candidates.extend(self.list_backups().into_iter().rev().map(|(_, p)| (p, true)));
 
         let mut found = None;
         for (path, is_backup) in candidates {
@@ -441,10 +411,7 @@ impl StateStore {
         clean_shutdown: bool,
         metrics: &mut WarmRestartMetrics,
     ) -> Result<(), StateFileError> {
-        create_private_dir(&self.dir).map_err(|source| StateFileError::CreateDir {
-            path: self.dir.clone(),
-            source,
-        })?;
+        create_private_dir(&self.dir).map_err(|source| StateFileError::CreateDir { path: self.dir.clone(), source })?;
         let doc = DocumentOut {
             version: STATE_FILE_VERSION,
             saved_at_unix_ms: now_ms,
@@ -452,10 +419,8 @@ impl StateStore {
             boot_id: self.boot_id.as_deref(),
             ports,
         };
-        let mut body = serde_json::to_vec(&doc).map_err(|source| StateFileError::Encode {
-            path: self.cfg.path.clone(),
-            source,
-        })?;
+        let mut body = serde_json::to_vec(&doc)
+            .map_err(|source| StateFileError::Encode { path: self.cfg.path.clone(), source })?;
         body.push(b'\n');
 
         // Link the old file into backups/ before replacing it, so that at every instant the
@@ -463,28 +428,16 @@ impl StateStore {
         self.rotate(now_ms, metrics);
 
         self.tmp_seq = self.tmp_seq.wrapping_add(1);
-        let tmp = self.dir.join(format!(
-            ".{}{TMP_TAG}{}.{}",
-            self.file_name,
-            std::process::id(),
-            self.tmp_seq
-        ));
+        let tmp = self.dir.join(format!(".{}{TMP_TAG}{}.{}", self.file_name, std::process::id(), self.tmp_seq));
         if let Err(source) = write_new_file(&tmp, &body) {
             let _ = fs::remove_file(&tmp);
             return Err(StateFileError::WriteTemp { path: tmp, source });
         }
         if let Err(source) = fs::rename(&tmp, &self.cfg.path) {
             let _ = fs::remove_file(&tmp);
-            return Err(StateFileError::Rename {
-                from: tmp,
-                to: self.cfg.path.clone(),
-                source,
-            });
+            return Err(StateFileError::Rename { from: tmp, to: self.cfg.path.clone(), source });
         }
-        sync_dir(&self.dir).map_err(|source| StateFileError::SyncDir {
-            path: self.dir.clone(),
-            source,
-        })
+        sync_dir(&self.dir).map_err(|source| StateFileError::SyncDir { path: self.dir.clone(), source })
     }
 
     /// Hard-links the current file into backups/ (no copy, no window without a current file)
@@ -558,22 +511,13 @@ impl StateStore {
     }
 
     fn backup_name(&self, key: BackupKey) -> String {
-        format!(
-            "{}.{:013}.{:03}{}",
-            self.stem, key.millis, key.seq, self.ext
-        )
+        format!("{}.{:013}.{:03}{}", self.stem, key.millis, key.seq, self.ext)
     }
 
     fn parse_backup_name(&self, name: &str) -> Option<BackupKey> {
-        let middle = name
-            .strip_prefix(self.stem.as_str())?
-            .strip_prefix('.')?
-            .strip_suffix(self.ext.as_str())?;
+        let middle = name.strip_prefix(self.stem.as_str())?.strip_prefix('.')?.strip_suffix(self.ext.as_str())?;
         let (millis, seq) = middle.split_once('.')?;
-        Some(BackupKey {
-            millis: parse_digits(millis)?,
-            seq: parse_digits(seq)?,
-        })
+        Some(BackupKey { millis: parse_digits(millis)?, seq: parse_digits(seq)? })
     }
 
     /// Backups oldest first. An unreadable directory yields none (logged).
@@ -590,10 +534,7 @@ impl StateStore {
     /// that was interrupted (crash, power loss).
     fn remove_temp_files(&self) {
         let prefix = format!(".{}{TMP_TAG}", self.file_name);
-        for name in dir_names(&self.dir)
-            .into_iter()
-            .filter(|n| n.starts_with(&prefix))
-        {
+        for name in dir_names(&self.dir).into_iter().filter(|n| n.starts_with(&prefix)) {
             let path = self.dir.join(name);
             match fs::remove_file(&path) {
                 Ok(()) => {
@@ -645,11 +586,7 @@ impl StateStore {
 /// Reads and judges one candidate. Opening with O_NONBLOCK keeps a FIFO at the path from
 /// blocking start-up; everything but a regular file is rejected before reading.
 fn examine(path: &Path, now_ms: u64, max_age: Duration) -> Verdict {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Verdict::Absent,
         Err(e) => return Verdict::Corrupt(Rejection::Open(e)),
@@ -714,13 +651,7 @@ fn set_aside_corrupt(path: &Path, now_ms: u64) -> io::Result<PathBuf> {
 /// The set-aside time in `<name>.corrupt.<ms>[.<n>]`.
 fn corrupt_timestamp(name: &str) -> Option<u64> {
     let (_, tail) = name.rsplit_once(CORRUPT_TAG)?;
-    let ms = tail.split_once('.').map_or(tail, |(ms, n)| {
-        if parse_digits::<u32>(n).is_some() {
-            ms
-        } else {
-            ""
-        }
-    });
+    let ms = tail.split_once('.').map_or(tail, |(ms, n)| if parse_digits::<u32>(n).is_some() { ms } else { "" });
     parse_digits(ms)
 }
 
@@ -734,9 +665,7 @@ fn parse_digits<T: std::str::FromStr>(s: &str) -> Option<T> {
 /// UTF-8 names in `dir`; none if it is missing or unreadable (logged unless missing).
 fn dir_names(dir: &Path) -> Vec<String> {
     match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect(),
+        Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
             warn!(path = %dir.display(), error = %e, "cannot list state directory");
@@ -756,11 +685,7 @@ fn write_new_file(path: &Path, body: &[u8]) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     // The umask may have removed bits from the mode above; the result must be exactly 0600.
     file.set_permissions(fs::Permissions::from_mode(0o600))?;
     file.write_all(body)?;
@@ -778,15 +703,11 @@ fn read_boot_id() -> Option<String> {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 fn lossy(s: Option<&std::ffi::OsStr>) -> String {
-    s.map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    s.map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -837,53 +758,30 @@ mod tests {
     }
 
     fn backup_markers(store: &StateStore) -> Vec<u32> {
-        store
-            .list_backups()
-            .iter()
-            .map(|(_, p)| marker(p))
-            .collect()
+        store.list_backups().iter().map(|(_, p)| marker(p)).collect()
     }
 
-    fn saves(
-        store: &mut StateStore,
-        markers: std::ops::RangeInclusive<u32>,
-        clean: bool,
-        m: &mut WarmRestartMetrics,
-    ) {
+    fn saves(store: &mut StateStore, markers: std::ops::RangeInclusive<u32>, clean: bool, m: &mut WarmRestartMetrics) {
         for mtu in markers {
             store.save(&ports(4, mtu), clean, m).unwrap();
         }
     }
 
     fn set_aside_names(dir: &Path, prefix: &str) -> Vec<String> {
-        names(dir)
-            .into_iter()
-            .filter(|n| n.starts_with(prefix) && n.contains(CORRUPT_TAG))
-            .collect()
+        names(dir).into_iter().filter(|n| n.starts_with(prefix) && n.contains(CORRUPT_TAG)).collect()
     }
 
     #[test]
     fn round_trip_preserves_every_field() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = StateStore::new(StateFileConfig {
-            path: tmp.path().join("port_state.json"),
-            ..StateFileConfig::default()
-        });
-        assert!(
-            store.boot_id.is_some(),
-            "boot_id must be read from {BOOT_ID_PATH}"
-        );
+        let mut store =
+            StateStore::new(StateFileConfig { path: tmp.path().join("port_state.json"), ..StateFileConfig::default() });
+        assert!(store.boot_id.is_some(), "boot_id must be read from {BOOT_ID_PATH}");
         let mut m = WarmRestartMetrics::default();
         let mut p = ports(8, 9100);
         p.insert(
             "Ethernet200".into(),
-            PortRecord {
-                ifindex: u32::MAX,
-                admin_up: true,
-                oper_up: false,
-                mtu: 0,
-                flags: u32::MAX,
-            },
+            PortRecord { ifindex: u32::MAX, admin_up: true, oper_up: false, mtu: 0, flags: u32::MAX },
         );
 
         let before = SystemTime::now();
@@ -896,11 +794,7 @@ mod tests {
         assert!(loaded.same_boot);
         assert_eq!(loaded.from_backup, None);
         let slack = Duration::from_millis(1);
-        assert!(
-            loaded.saved_at + slack >= before && loaded.saved_at <= after + slack,
-            "{:?}",
-            loaded.saved_at
-        );
+        assert!(loaded.saved_at + slack >= before && loaded.saved_at <= after + slack, "{:?}", loaded.saved_at);
         assert_eq!(m.state_saves, 1);
         assert_eq!(m.state_save_failures, 0);
         assert_eq!(m.corrupt_files_found, 0);
@@ -924,8 +818,7 @@ mod tests {
         let mut store = store_in(tmp.path(), 3);
         let mut m = WarmRestartMetrics::default();
         store.save(&ports(1, 9100), true, &mut m).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_slice(&fs::read(store.path()).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(store.path()).unwrap()).unwrap();
         assert_eq!(v["version"], 1);
         assert!(v["saved_at_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
         assert_eq!(v["clean_shutdown"], true);
@@ -982,10 +875,7 @@ mod tests {
         let err = store.save(&ports(2, 1), false, &mut m).unwrap_err();
         assert!(matches!(err, StateFileError::Rename { .. }), "{err:?}");
         assert_eq!(names(&tmp.path().join("state")), ["port_state.json"]);
-        assert_eq!(
-            (m.state_saves, m.state_save_failures, m.backups_created),
-            (0, 1, 0)
-        );
+        assert_eq!((m.state_saves, m.state_save_failures, m.backups_created), (0, 1, 0));
     }
 
     #[test]
@@ -1013,10 +903,7 @@ mod tests {
 
         assert_eq!(backup_markers(&store), [3, 4, 5]);
         assert_eq!(marker(store.path()), 6);
-        assert_eq!(
-            (m.backups_created, m.backups_cleaned, m.state_saves),
-            (5, 2, 6)
-        );
+        assert_eq!((m.backups_created, m.backups_cleaned, m.state_saves), (5, 2, 6));
     }
 
     #[test]
@@ -1026,12 +913,7 @@ mod tests {
         let mut m = WarmRestartMetrics::default();
         let bdir = tmp.path().join("state/backups");
         fs::create_dir_all(&bdir).unwrap();
-        let foreign = [
-            "README",
-            "port_state.abc.000.json",
-            "port_state.1.2.txt",
-            "port_state.+1.000.json",
-        ];
+        let foreign = ["README", "port_state.abc.000.json", "port_state.1.2.txt", "port_state.+1.000.json"];
         for f in foreign {
             fs::write(bdir.join(f), b"x").unwrap();
         }
@@ -1110,16 +992,8 @@ mod tests {
                 },
                 |r| matches!(r, Rejection::Malformed(_)),
             ),
-            (
-                "garbage",
-                |p| fs::write(p, b"\x00\xff not json").unwrap(),
-                |r| matches!(r, Rejection::Malformed(_)),
-            ),
-            (
-                "json array",
-                |p| fs::write(p, b"[1,2,3]").unwrap(),
-                |r| matches!(r, Rejection::Malformed(_)),
-            ),
+            ("garbage", |p| fs::write(p, b"\x00\xff not json").unwrap(), |r| matches!(r, Rejection::Malformed(_))),
+            ("json array", |p| fs::write(p, b"[1,2,3]").unwrap(), |r| matches!(r, Rejection::Malformed(_))),
             (
                 "wrong version",
                 |p| rewrite_json(p, |v| v["version"] = 2.into()),
@@ -1144,16 +1018,8 @@ mod tests {
                 |p| rewrite_json(p, |v| v["ports"]["Ethernet0"]["mtu"] = (-1).into()),
                 |r| matches!(r, Rejection::Malformed(_)),
             ),
-            (
-                "empty",
-                |p| fs::write(p, b"").unwrap(),
-                |r| matches!(r, Rejection::Empty),
-            ),
-            (
-                "whitespace",
-                |p| fs::write(p, b" \n\n").unwrap(),
-                |r| matches!(r, Rejection::Empty),
-            ),
+            ("empty", |p| fs::write(p, b"").unwrap(), |r| matches!(r, Rejection::Empty)),
+            ("whitespace", |p| fs::write(p, b" \n\n").unwrap(), |r| matches!(r, Rejection::Empty)),
             (
                 "directory",
                 |p| {
@@ -1181,12 +1047,7 @@ mod tests {
             (
                 "too large",
                 |p| {
-                    File::options()
-                        .write(true)
-                        .open(p)
-                        .unwrap()
-                        .set_len(MAX_FILE_BYTES + 1)
-                        .unwrap();
+                    File::options().write(true).open(p).unwrap().set_len(MAX_FILE_BYTES + 1).unwrap();
                 },
                 |r| matches!(r, Rejection::TooLarge),
             ),
@@ -1208,33 +1069,15 @@ mod tests {
                 v => panic!("{what}: not rejected: {v:?}"),
             }
 
-            let loaded = store
-                .load(&mut m)
-                .unwrap_or_else(|| panic!("{what}: nothing loaded"));
+            let loaded = store.load(&mut m).unwrap_or_else(|| panic!("{what}: nothing loaded"));
             assert_eq!(loaded.ports, ports(4, 2), "{what}");
-            assert_eq!(
-                loaded.from_backup.as_deref(),
-                Some(newest_backup.as_path()),
-                "{what}"
-            );
+            assert_eq!(loaded.from_backup.as_deref(), Some(newest_backup.as_path()), "{what}");
             // The backup was saved clean, but the daemon saved again after it.
             assert!(!loaded.clean_shutdown, "{what}");
-            assert_eq!(
-                (m.corrupt_files_found, m.recoveries_from_backup),
-                (1, 1),
-                "{what}"
-            );
-            assert!(
-                fs::symlink_metadata(store.path()).is_err(),
-                "{what}: current file not set aside"
-            );
+            assert_eq!((m.corrupt_files_found, m.recoveries_from_backup), (1, 1), "{what}");
+            assert!(fs::symlink_metadata(store.path()).is_err(), "{what}: current file not set aside");
             let dir = tmp.path().join("state");
-            assert_eq!(
-                set_aside_names(&dir, "port_state.json").len(),
-                1,
-                "{what}: {:?}",
-                names(&dir)
-            );
+            assert_eq!(set_aside_names(&dir, "port_state.json").len(), 1, "{what}: {:?}", names(&dir));
         }
     }
 
@@ -1252,10 +1095,7 @@ mod tests {
         assert_eq!(loaded.ports, ports(4, 1));
         assert_eq!(loaded.from_backup.as_deref(), Some(backups[0].1.as_path()));
         assert_eq!((m.corrupt_files_found, m.recoveries_from_backup), (2, 1));
-        assert_eq!(
-            set_aside_names(&tmp.path().join("state/backups"), "port_state.").len(),
-            1
-        );
+        assert_eq!(set_aside_names(&tmp.path().join("state/backups"), "port_state.").len(), 1);
     }
 
     #[test]
@@ -1279,9 +1119,7 @@ mod tests {
             .into_iter()
             .map(|n| dir.join(n))
             .chain(
-                set_aside_names(&dir.join("backups"), "port_state.")
-                    .into_iter()
-                    .map(|n| dir.join("backups").join(n)),
+                set_aside_names(&dir.join("backups"), "port_state.").into_iter().map(|n| dir.join("backups").join(n)),
             )
             .collect();
         assert_eq!(set_aside.len(), 3, "{set_aside:?}");
@@ -1291,10 +1129,7 @@ mod tests {
         }
 
         assert_eq!(store.load(&mut m), None);
-        assert_eq!(
-            m.corrupt_files_found, 3,
-            "set-aside files were examined again"
-        );
+        assert_eq!(m.corrupt_files_found, 3, "set-aside files were examined again");
         let again: Vec<Vec<u8>> = set_aside.iter().map(|p| fs::read(p).unwrap()).collect();
         assert_eq!(again, contents);
 
@@ -1313,10 +1148,7 @@ mod tests {
         assert_eq!(store.load(&mut m), None);
         store.remove_stale(&mut m);
         assert_eq!(m, WarmRestartMetrics::default());
-        assert!(
-            !tmp.path().join("state").exists(),
-            "load must not create anything"
-        );
+        assert!(!tmp.path().join("state").exists(), "load must not create anything");
     }
 
     #[test]
@@ -1369,18 +1201,10 @@ mod tests {
         let mut store = store_in(tmp.path(), 0);
         let mut m = WarmRestartMetrics::default();
 
-        store
-            .save_at(now_unix_ms() + 30_000, &ports(2, 1), false, &mut m)
-            .unwrap();
-        assert_eq!(
-            store.load(&mut m).unwrap().ports,
-            ports(2, 1),
-            "within tolerance"
-        );
+        store.save_at(now_unix_ms() + 30_000, &ports(2, 1), false, &mut m).unwrap();
+        assert_eq!(store.load(&mut m).unwrap().ports, ports(2, 1), "within tolerance");
 
-        store
-            .save_at(now_unix_ms() + 120_000, &ports(2, 2), false, &mut m)
-            .unwrap();
+        store.save_at(now_unix_ms() + 120_000, &ports(2, 2), false, &mut m).unwrap();
         assert_eq!(store.load(&mut m), None);
         assert_eq!((m.stale_files_removed, m.corrupt_files_found), (1, 0));
         assert!(!store.path().exists());
@@ -1393,18 +1217,10 @@ mod tests {
         let mut m = WarmRestartMetrics::default();
         writer.save(&ports(1, 1), false, &mut m).unwrap();
 
-        for (reader_boot, expected) in [
-            (Some("boot-a"), true),
-            (Some("boot-b"), false),
-            (None, false),
-        ] {
+        for (reader_boot, expected) in [(Some("boot-a"), true), (Some("boot-b"), false), (None, false)] {
             let mut reader = store_in(tmp.path(), 0);
             reader.boot_id = reader_boot.map(str::to_owned);
-            assert_eq!(
-                reader.load(&mut m).unwrap().same_boot,
-                expected,
-                "{reader_boot:?}"
-            );
+            assert_eq!(reader.load(&mut m).unwrap().same_boot, expected, "{reader_boot:?}");
         }
 
         writer.boot_id = None;
@@ -1424,10 +1240,7 @@ mod tests {
         let now = now_unix_ms();
         let old = [
             dir.join(format!("port_state.json.corrupt.{}", now - 8 * DAY_MS)),
-            bdir.join(format!(
-                "port_state.0000000000001.000.json.corrupt.{}.1",
-                now - 9 * DAY_MS
-            )),
+            bdir.join(format!("port_state.0000000000001.000.json.corrupt.{}.1", now - 9 * DAY_MS)),
         ];
         let kept = [
             dir.join(format!("port_state.json.corrupt.{}", now - DAY_MS)),
@@ -1447,27 +1260,18 @@ mod tests {
         for p in &kept {
             assert!(p.exists(), "{} removed", p.display());
         }
-        assert_eq!(
-            m.stale_files_removed, 0,
-            "set-aside files are not state files"
-        );
+        assert_eq!(m.stale_files_removed, 0, "set-aside files are not state files");
     }
 
     #[test]
     fn backup_and_set_aside_names_parse() {
         let store = store_in(Path::new("/nonexistent"), 1);
-        let key = BackupKey {
-            millis: 1_737_700_000_123,
-            seq: 7,
-        };
+        let key = BackupKey { millis: 1_737_700_000_123, seq: 7 };
         assert_eq!(store.backup_name(key), "port_state.1737700000123.007.json");
         assert_eq!(store.parse_backup_name(&store.backup_name(key)), Some(key));
         assert_eq!(
             store.parse_backup_name("port_state.1737700000123.1234.json"),
-            Some(BackupKey {
-                millis: 1_737_700_000_123,
-                seq: 1234
-            })
+            Some(BackupKey { millis: 1_737_700_000_123, seq: 1234 })
         );
         for bad in [
             "port_state.json",
@@ -1479,19 +1283,13 @@ mod tests {
         ] {
             assert_eq!(store.parse_backup_name(bad), None, "{bad}");
         }
-        let plain = StateStore::new(StateFileConfig {
-            path: "/x/ports".into(),
-            ..Default::default()
-        });
+        let plain = StateStore::new(StateFileConfig { path: "/x/ports".into(), ..Default::default() });
         let k = BackupKey { millis: 5, seq: 0 };
         assert_eq!(plain.backup_name(k), "ports.0000000000005.000");
         assert_eq!(plain.parse_backup_name("ports.0000000000005.000"), Some(k));
 
         assert_eq!(corrupt_timestamp("port_state.json.corrupt.123"), Some(123));
-        assert_eq!(
-            corrupt_timestamp("port_state.json.corrupt.123.4"),
-            Some(123)
-        );
+        assert_eq!(corrupt_timestamp("port_state.json.corrupt.123.4"), Some(123));
         assert_eq!(corrupt_timestamp("port_state.json.corrupt.12x"), None);
         assert_eq!(corrupt_timestamp("port_state.json.corrupt.123.x"), None);
         assert_eq!(corrupt_timestamp("port_state.json"), None);
@@ -1506,10 +1304,7 @@ mod tests {
             fs::write(&p, format!("bad {i}")).unwrap();
             dests.push(set_aside_corrupt(&p, 42).unwrap());
         }
-        let contents: Vec<String> = dests
-            .iter()
-            .map(|d| fs::read_to_string(d).unwrap())
-            .collect();
+        let contents: Vec<String> = dests.iter().map(|d| fs::read_to_string(d).unwrap()).collect();
         assert_eq!(contents, ["bad 0", "bad 1", "bad 2"]);
         assert_eq!(dests[0], tmp.path().join("port_state.json.corrupt.42"));
         assert_eq!(dests[2], tmp.path().join("port_state.json.corrupt.42.2"));
