@@ -121,6 +121,37 @@ fn request(seq: u32) -> Vec<u8> {
     buf
 }
 
+/// Which part of a dump a datagram completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// More replies to come.
+    More,
+    /// `NLMSG_DONE` of our request: the end of the dump.
+    Done,
+    /// The kernel answered our request with an error.
+    Refused(i32),
+}
+
+/// Feeds one reply datagram of the dump `(seq, pid)`: our entries are appended to `links`, and
+/// `intr` is set if any of them carried `NLM_F_DUMP_INTR`. Messages of other requests (an
+/// interrupted earlier attempt) are ignored.
+fn feed(buf: &[u8], seq: u32, pid: u32, hold_done: bool, links: &mut Vec<PortEvent>, intr: &mut bool) -> Progress {
+    let mut progress = Progress::More;
+    for_each_message(buf, origin::DUMP, monotonic_ns(), |h, m| {
+        if h.seq != seq || h.pid != pid {
+            return;
+        }
+        *intr |= h.dump_intr();
+        match m {
+            Message::Link(ev) if h.multi() => links.push(ev),
+            Message::Done if !hold_done => progress = Progress::Done,
+            Message::Error(code) if code != 0 => progress = Progress::Refused(code),
+            _ => {}
+        }
+    });
+    progress
+}
+
 /// One attempt: appends the entries to `links` and sets `intr` if any message was flagged
 /// `NLM_F_DUMP_INTR`.
 async fn one_dump(
@@ -134,27 +165,69 @@ async fn one_dump(
     let mut buf = Vec::with_capacity(RECV_BUF);
     loop {
         sock.recv(&mut buf).await.map_err(DumpError::Io)?;
-        let ts = monotonic_ns();
-        let mut done = false;
-        let mut refused = None;
-        for_each_message(&buf, origin::DUMP, ts, |h, m| {
-            // Replies to an older (interrupted) request are not ours any more.
-            if h.seq != seq || h.pid != sock.port_id() {
-                return;
-            }
-            *intr |= h.dump_intr();
-            match m {
-                Message::Link(ev) if h.multi() => links.push(ev),
-                Message::Done if !hold_done => done = true,
-                Message::Error(code) if code != 0 => refused = Some(code),
-                _ => {}
-            }
-        });
-        if let Some(code) = refused {
-            return Err(DumpError::Refused(code));
+        match feed(&buf, seq, sock.port_id(), hold_done, links, intr) {
+            Progress::More => {}
+            Progress::Done => return Ok(()),
+            Progress::Refused(code) => return Err(DumpError::Refused(code)),
         }
-        if done {
-            return Ok(());
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::parse::tests::{control_msg, link_msg};
+    use crate::netlink::parse::{NLMSG_DONE, NLMSG_ERROR};
+    use netlink_packet_core::{NLM_F_DUMP_INTR, NLM_F_MULTIPART};
+
+    fn entry(seq: u32, pid: u32, name: &str, flags: u16) -> Vec<u8> {
+        let mut b = link_msg(true, 3, name, 0x1, 1500, 0, None, seq, NLM_F_MULTIPART | flags);
+        b[12..16].copy_from_slice(&pid.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn collects_our_entries_until_our_done() {
+        let (mut links, mut intr) = (Vec::new(), false);
+        let mut dgram = entry(7, 42, "Ethernet0", 0);
+        dgram.extend(entry(6, 42, "Ethernet4", 0)); // an older request's reply
+        dgram.extend(entry(7, 99, "Ethernet8", 0)); // another socket's reply
+        assert_eq!(feed(&dgram, 7, 42, false, &mut links, &mut intr), Progress::More);
+        // NLMSG_DONE of another request does not end ours; ours does, even in the same datagram.
+        let mut dgram = control_msg(NLMSG_DONE, 6, 42, 0);
+        dgram.extend(entry(7, 42, "Ethernet12", 0));
+        dgram.extend(control_msg(NLMSG_DONE, 7, 42, 0));
+        assert_eq!(feed(&dgram, 7, 42, false, &mut links, &mut intr), Progress::Done);
+        let names: Vec<&[u8]> = links.iter().map(|e| e.name_bytes()).collect();
+        assert_eq!(names, [&b"Ethernet0"[..], b"Ethernet12"]);
+        assert!(!intr);
+    }
+
+    #[test]
+    fn interrupted_dumps_are_flagged_and_errors_refuse() {
+        let (mut links, mut intr) = (Vec::new(), false);
+        assert_eq!(
+            feed(&entry(7, 1, "Ethernet0", NLM_F_DUMP_INTR), 7, 1, false, &mut links, &mut intr),
+            Progress::More
+        );
+        assert!(intr);
+        assert_eq!(
+            feed(&control_msg(NLMSG_ERROR, 7, 1, -16), 7, 1, false, &mut links, &mut intr),
+            Progress::Refused(-16)
+        );
+    }
+
+    #[test]
+    fn held_done_never_ends_the_dump() {
+        let (mut links, mut intr) = (Vec::new(), false);
+        assert_eq!(feed(&control_msg(NLMSG_DONE, 7, 1, 0), 7, 1, true, &mut links, &mut intr), Progress::More);
+    }
+
+    #[test]
+    fn request_is_a_getlink_dump_with_our_seq() {
+        let r = request(1234);
+        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 18, "RTM_GETLINK");
+        assert_eq!(u16::from_ne_bytes([r[6], r[7]]), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(u32::from_ne_bytes([r[8], r[9], r[10], r[11]]), 1234);
     }
 }
