@@ -90,3 +90,25 @@ capture_tests! {
     scenario_first_start_with_existing_netdevs => existing_netdevs_at_first_start_are_shut_and_ignored_netlink, existing_netdevs_at_first_start_are_shut_and_ignored_ebpf;
     scenario_cold_restart => cold_restart_shuts_and_ignores_old_netdevs_netlink, cold_restart_shuts_and_ignores_old_netdevs_ebpf;
 }
+
+/// A cold start with 1024 pre-existing netdevs brings every one down in the one netlink batch
+/// (acknowledgements are collected in windows, so they cannot overrun the request socket).
+#[test]
+fn cold_start_with_1024_existing_netdevs_brings_all_down_netlink() {
+    let mut fx = Fixture::new(Capture::Netlink, 0);
+    let old: Vec<u32> = (0..1024).collect();
+    let lines: Vec<String> = old
+        .iter()
+        .flat_map(|i| {
+            [
+                format!("link add Ethernet{i} type veth peer name pe{i}"),
+                format!("link set Ethernet{i} up"),
+                format!("link set pe{i} up"),
+            ]
+        })
+        .collect();
+    fx.ns.batch(&lines);
+    let stats = fx.start_daemon(DaemonOpts::new(Capture::Netlink));
+    assert_eq!(stats.counter("old_interfaces_down"), 1024, "{:?}", stats.0["counters"]);
+    wait_old_ports_admin_down(&fx, &old);
+}

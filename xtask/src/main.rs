@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the commands a developer types. Each task lives in its own module.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod test;
@@ -15,6 +16,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Storm benchmark: flap/mtu/churn/startup per capture mode, side by side (`bench pipeline`:
+    /// the kernel-free userspace pipeline benchmark).
+    Bench(bench::Options),
     /// Build the eBPF socket filter object (Debian rustc 1.96, bpf-linker).
     BuildEbpf(build_ebpf::Options),
     /// The main job: loopback redis-server, veth ports in a namespace, the daemon, a flap storm,
@@ -27,6 +31,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
+        Command::Bench(o) => bench::run(o),
         Command::BuildEbpf(o) => build_ebpf::run(o),
         Command::Demo(o) => demo::run(o),
         Command::Test(o) => test::run_tests(o),

@@ -26,6 +26,9 @@ pub enum AdminError {
 /// Per-interface outcome: `Ok` or the kernel's errno.
 pub type AdminOutcome = HashMap<u32, Result<(), i32>>;
 
+/// Requests in flight at once: their acknowledgements must fit the socket's receive buffer.
+const WINDOW: usize = 128;
+
 /// Clears `IFF_UP` on every ifindex in `ifindexes`; returns the per-interface outcome.
 /// Interfaces whose acknowledgement did not come within `timeout` are reported as `ETIMEDOUT`.
 pub async fn set_down(ifindexes: &[u32], timeout: Duration) -> Result<AdminOutcome, AdminError> {
@@ -34,53 +37,56 @@ pub async fn set_down(ifindexes: &[u32], timeout: Duration) -> Result<AdminOutco
         return Ok(outcome);
     }
     let sock = NlSocket::open()?;
-    // Several requests per write: rtnetlink processes every message of one sendmsg in order.
-    let mut seq_to_ifindex = HashMap::new();
-    let mut buf = Vec::new();
-    for (i, &ifindex) in ifindexes.iter().enumerate() {
-        let seq = i as u32 + 1;
-        seq_to_ifindex.insert(seq, ifindex);
-        let mut link = LinkMessage::default();
-        link.header = LinkHeader {
-            index: ifindex,
-            flags: LinkFlags::empty(),
-            change_mask: LinkFlags::Up,
-            ..LinkHeader::default()
-        };
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = NLM_F_REQUEST | NLM_F_ACK;
-        hdr.sequence_number = seq;
-        let mut msg = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(link)));
-        msg.finalize();
-        let start = buf.len();
-        buf.resize(start + msg.buffer_len(), 0);
-        msg.serialize(&mut buf[start..]);
-        if buf.len() > 32 * 1024 {
-            sock.send(&buf).await.map_err(AdminError::Io)?;
-            buf.clear();
+    // Acknowledgements without the echoed request: smaller, so a window of them fits.
+    sock.set_cap_ack().map_err(AdminError::Io)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seq: u32 = 0;
+    for window in ifindexes.chunks(WINDOW) {
+        // Several requests per write: rtnetlink processes every message of one sendmsg in order.
+        let mut seq_to_ifindex = HashMap::with_capacity(window.len());
+        let mut buf = Vec::new();
+        for &ifindex in window {
+            seq += 1;
+            seq_to_ifindex.insert(seq, ifindex);
+            append_set_down(&mut buf, ifindex, seq);
         }
-    }
-    if !buf.is_empty() {
         sock.send(&buf).await.map_err(AdminError::Io)?;
-    }
-    let collect = async {
-        let mut rbuf = Vec::with_capacity(RECV_BUF);
-        while outcome.len() < ifindexes.len() {
-            sock.recv(&mut rbuf).await.map_err(AdminError::Io)?;
-            for_each_message(&rbuf, 0, 0, |h, m| {
-                if let (Message::Error(code), Some(&ifindex)) = (m, seq_to_ifindex.get(&h.seq)) {
-                    outcome.insert(ifindex, if code == 0 { Ok(()) } else { Err(-code) });
-                }
-            });
+        let mut acked = 0;
+        let collect = async {
+            let mut rbuf = Vec::with_capacity(RECV_BUF);
+            while acked < window.len() {
+                sock.recv(&mut rbuf).await.map_err(AdminError::Io)?;
+                for_each_message(&rbuf, 0, 0, |h, m| {
+                    if let (Message::Error(code), Some(&ifindex)) = (m, seq_to_ifindex.get(&h.seq)) {
+                        outcome.insert(ifindex, if code == 0 { Ok(()) } else { Err(-code) });
+                        acked += 1;
+                    }
+                });
+            }
+            Ok::<_, AdminError>(())
+        };
+        match tokio::time::timeout_at(deadline, collect).await {
+            Ok(res) => res?,
+            // Missing acknowledgements are reported as ETIMEDOUT below.
+            Err(_) => break,
         }
-        Ok::<_, AdminError>(())
-    };
-    // Acknowledgements missing at the deadline are reported as ETIMEDOUT below.
-    if let Ok(res) = tokio::time::timeout(timeout, collect).await {
-        res?;
     }
     for &ifindex in ifindexes {
         outcome.entry(ifindex).or_insert(Err(libc::ETIMEDOUT));
     }
     Ok(outcome)
+}
+
+fn append_set_down(buf: &mut Vec<u8>, ifindex: u32, seq: u32) {
+    let mut link = LinkMessage::default();
+    link.header =
+        LinkHeader { index: ifindex, flags: LinkFlags::empty(), change_mask: LinkFlags::Up, ..LinkHeader::default() };
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_ACK;
+    hdr.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(link)));
+    msg.finalize();
+    let start = buf.len();
+    buf.resize(start + msg.buffer_len(), 0);
+    msg.serialize(&mut buf[start..]);
 }

@@ -60,6 +60,11 @@ impl NlSocket {
         Ok((s, granted))
     }
 
+    /// `NETLINK_CAP_ACK`: acknowledgements carry only the request's header, not the request.
+    pub fn set_cap_ack(&self) -> io::Result<()> {
+        self.fd.get_ref().set_cap_ack(true)
+    }
+
     /// Our netlink port id (`nl_pid`), which the kernel puts into replies to our requests.
     pub fn port_id(&self) -> u32 {
         self.port_id

@@ -1,0 +1,208 @@
+//! The daemon under test: our portsyncd (harness [`Daemon`] guard) or an external command line
+//! run in the namespace in its own process group; CPU, liveness, stats and log out.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use portsyncd_e2e::netns::ip_bin;
+use portsyncd_e2e::{Capture, Daemon, DaemonOpts, NetNs, RedisServer, Stats};
+use std::os::unix::process::CommandExt;
+
+use super::procstat::{cpu_of, pids_in_group, CpuSample};
+
+/// What runs in one mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Our portsyncd with `--capture <c>`.
+    Ours(Capture),
+    /// An external daemon: a label and a `sh -c` command line.
+    External {
+        /// Column label.
+        name: String,
+        /// Command line; `{db_config}`, `{redis_url}`, `{redis_sock}`, `{work_dir}`, `{ns}` are
+        /// substituted.
+        cmd: String,
+    },
+}
+
+impl Mode {
+    /// Label in tables and JSON.
+    pub fn label(&self) -> &str {
+        match self {
+            Mode::Ours(c) => c.as_str(),
+            Mode::External { name, .. } => name,
+        }
+    }
+}
+
+/// A running daemon under test.
+#[derive(Debug)]
+pub enum Dut {
+    /// Ours.
+    Ours(Daemon),
+    /// External.
+    External(External),
+}
+
+impl Dut {
+    /// Starts `mode` in `ns` against `redis`; `work_dir` keeps the state file across restarts.
+    pub fn start(mode: &Mode, ns: &NetNs, redis: &RedisServer, work_dir: &Path) -> anyhow::Result<Dut> {
+        match mode {
+            Mode::Ours(c) => Ok(Dut::Ours(Daemon::start(ns, redis, DaemonOpts::new(*c).work_dir(work_dir)))),
+            Mode::External { cmd, .. } => Ok(Dut::External(External::start(cmd, ns, redis, work_dir)?)),
+        }
+    }
+
+    /// CPU used so far by the daemon (all threads; for an external daemon every process of its
+    /// process group).
+    pub fn cpu(&self) -> anyhow::Result<CpuSample> {
+        match self {
+            Dut::Ours(d) => cpu_of(&[d.pid() as i32]),
+            Dut::External(e) => cpu_of(&pids_in_group(e.pgid)),
+        }
+    }
+
+    /// Our stats file (external daemons have none).
+    pub fn stats(&self) -> Option<Stats> {
+        match self {
+            Dut::Ours(d) => d.stats(),
+            Dut::External(_) => None,
+        }
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        match self {
+            Dut::Ours(d) => d.is_running(),
+            Dut::External(e) => e.is_running(),
+        }
+    }
+
+    /// How it ended, if it did.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        match self {
+            Dut::Ours(d) => d.exit_status(),
+            Dut::External(e) => e.child.try_wait().ok().flatten(),
+        }
+    }
+
+    /// Where its log is.
+    pub fn log_path(&self) -> PathBuf {
+        match self {
+            Dut::Ours(d) => d.work_dir().to_path_buf(),
+            Dut::External(e) => e.log.clone(),
+        }
+    }
+
+    /// Last lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        match self {
+            Dut::Ours(d) => d.log_tail(n),
+            Dut::External(e) => {
+                let log = std::fs::read_to_string(&e.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(n)..].join("\n")
+            }
+        }
+    }
+
+    /// SIGTERM, bounded wait, SIGKILL. Returns whether it exited successfully by itself.
+    pub fn stop(&mut self) -> bool {
+        match self {
+            Dut::Ours(d) => d.stop().success(),
+            Dut::External(e) => e.stop(),
+        }
+    }
+}
+
+/// An external daemon started with `ip netns exec <ns> sh -c '<cmd>'` in a new process group,
+/// which is signalled as a whole on stop.
+#[derive(Debug)]
+pub struct External {
+    child: Child,
+    pgid: i32,
+    log: PathBuf,
+    exited: bool,
+}
+
+/// Substitutes the placeholders of a `--compare-cmd`.
+pub fn expand(cmd: &str, ns: &NetNs, redis: &RedisServer, work_dir: &Path) -> String {
+    cmd.replace("{db_config}", &redis.database_config_path().display().to_string())
+        .replace("{redis_url}", &redis.url())
+        .replace("{redis_sock}", &redis.socket_path().display().to_string())
+        .replace("{work_dir}", &work_dir.display().to_string())
+        .replace("{ns}", ns.name())
+}
+
+impl External {
+    fn start(cmd: &str, ns: &NetNs, redis: &RedisServer, work_dir: &Path) -> anyhow::Result<External> {
+        std::fs::create_dir_all(work_dir).with_context(|| format!("create {}", work_dir.display()))?;
+        let line = expand(cmd, ns, redis, work_dir);
+        let log = work_dir.join(format!("external-{}.log", super::now_ns()));
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone().context("dup log fd")?;
+        let child = Command::new(ip_bin())
+            .args(["netns", "exec", ns.name(), "sh", "-c", &line])
+            .env("PORTSYNCD_DATABASE_CONFIG", redis.database_config_path())
+            .current_dir(work_dir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("spawn ip netns exec {} sh -c {line:?}", ns.name()))?;
+        let pgid = child.id() as i32;
+        Ok(External { child, pgid, log, exited: false })
+    }
+
+    fn is_running(&mut self) -> bool {
+        if !self.exited {
+            self.exited = !matches!(self.child.try_wait(), Ok(None));
+        }
+        !self.exited
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => {
+                    self.exited = true;
+                    return Some(st);
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => return None,
+            }
+        }
+    }
+
+    fn stop(&mut self) -> bool {
+        let pg = Pid::from_raw(self.pgid);
+        let _ = killpg(pg, Signal::SIGTERM);
+        let st = self.wait(Duration::from_secs(5));
+        // Whatever the shell forked lives on in the group even after the shell exited; an empty
+        // group is left alone so that a recycled pid is never signalled.
+        if st.is_none() || !pids_in_group(self.pgid).is_empty() {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        if st.is_none() {
+            let _ = self.child.wait();
+            self.exited = true;
+        }
+        st.is_some_and(|s| s.success())
+    }
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        if self.exited && pids_in_group(self.pgid).is_empty() {
+            return;
+        }
+        self.stop();
+    }
+}

@@ -1,0 +1,100 @@
+//! CPU time of the daemon under test from /proc: a set of pids in, nanoseconds on CPU out, both
+//! from per-thread schedstat (ns resolution) and from `stat` utime+stime (clock ticks).
+
+use std::fs;
+
+use anyhow::Context;
+
+/// CPU consumed so far by a set of processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuSample {
+    /// Sum over every thread of `/proc/<pid>/task/<tid>/schedstat` field 1 (ns on CPU).
+    pub sched_ns: u64,
+    /// Sum of `/proc/<pid>/stat` utime+stime, converted from clock ticks.
+    pub ticks_ns: u64,
+}
+
+impl CpuSample {
+    /// `self - earlier`, saturating (a thread that exited takes its schedstat with it).
+    pub fn since(self, earlier: CpuSample) -> CpuSample {
+        CpuSample {
+            sched_ns: self.sched_ns.saturating_sub(earlier.sched_ns),
+            ticks_ns: self.ticks_ns.saturating_sub(earlier.ticks_ns),
+        }
+    }
+}
+
+fn ns_per_tick() -> u64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|&t| t > 0).unwrap_or(100);
+    1_000_000_000 / hz as u64
+}
+
+/// `/proc/<pid>/stat` fields after the command name (field 3 onwards), or `None` if gone.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; it ends at the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU of the processes `pids` (all their threads).
+pub fn cpu_of(pids: &[i32]) -> anyhow::Result<CpuSample> {
+    let tick = ns_per_tick();
+    let mut sample = CpuSample::default();
+    for &pid in pids {
+        let Some(f) = stat_fields(pid) else { continue };
+        // Fields 14 (utime) and 15 (stime), counted from 1; `f[0]` is field 3.
+        let ticks: u64 = [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<u64>().ok()).sum();
+        sample.ticks_ns += ticks * tick;
+        let tasks = fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("/proc/{pid}/task"))?;
+        for t in tasks.flatten() {
+            let Ok(text) = fs::read_to_string(t.path().join("schedstat")) else { continue };
+            if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                sample.sched_ns += ns;
+            }
+        }
+    }
+    Ok(sample)
+}
+
+/// Every process whose process group is `pgid` (an external daemon started in its own group,
+/// with whatever `sh -c` forked).
+pub fn pids_in_group(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| stat_fields(pid).and_then(|f| f.get(2)?.parse::<i32>().ok()) == Some(pgid))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_grows_with_work() {
+        let me = std::process::id() as i32;
+        let before = cpu_of(&[me]).unwrap();
+        // Spin for 60 ms of this thread's own CPU time, however busy the machine is.
+        let thread_ns = || {
+            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+            t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+        };
+        let t0 = thread_ns();
+        let mut x = 0u64;
+        while thread_ns() - t0 < 60_000_000 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let d = cpu_of(&[me]).unwrap().since(before);
+        // A running thread's schedstat lags by at most a scheduler tick.
+        assert!(d.sched_ns >= 45_000_000, "60 ms of spinning shows as {} ns", d.sched_ns);
+        assert!(d.ticks_ns <= 1_000_000_000, "{d:?}");
+    }
+
+    #[test]
+    fn our_process_group_contains_us() {
+        let me = std::process::id() as i32;
+        let pgid = nix::unistd::getpgid(None).unwrap().as_raw();
+        assert!(pids_in_group(pgid).contains(&me));
+    }
+}
