@@ -54,6 +54,9 @@ pub struct Source {
     sock: NlSocket,
     ebpf: Option<EbpfCapture>,
     buf: Vec<u8>,
+    /// eBPF mode: the socket only carries overflow, so it is read only after tokio reported it
+    /// readable (saves a syscall per batch). Always true in netlink mode.
+    socket_ready: bool,
     /// Running counters.
     pub counters: SourceCounters,
 }
@@ -61,7 +64,7 @@ pub struct Source {
 impl Source {
     /// A source on `sock`, with the eBPF capture attached to it if there is one.
     pub fn new(sock: NlSocket, ebpf: Option<EbpfCapture>) -> Self {
-        Self { sock, ebpf, buf: Vec::with_capacity(RECV_BUF), counters: SourceCounters::default() }
+        Self { sock, ebpf, buf: Vec::with_capacity(RECV_BUF), socket_ready: true, counters: SourceCounters::default() }
     }
 
     /// The eBPF capture, if active.
@@ -80,7 +83,10 @@ impl Source {
             match self.ebpf.as_mut() {
                 Some(ring) => {
                     tokio::select! {
-                        r = self.sock.wait_readable() => r.map_err(SourceError::Socket)?,
+                        r = self.sock.wait_readable() => {
+                            r.map_err(SourceError::Socket)?;
+                            self.socket_ready = true;
+                        }
                         r = ring.readable() => r.map_err(|e| SourceError::Ebpf(Box::new(e)))?,
                     }
                 }
@@ -97,7 +103,7 @@ impl Source {
             self.counters.ring_events += ring.drain(out, room) as u64;
         }
         let ebpf_active = self.ebpf.is_some();
-        while out.len() < max {
+        while out.len() < max && (self.socket_ready || !ebpf_active) {
             match self.sock.try_recv(&mut self.buf) {
                 Ok(Some(_)) => {
                     self.counters.datagrams += 1;
@@ -114,7 +120,10 @@ impl Source {
                         _ => {}
                     });
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    self.socket_ready = false;
+                    break;
+                }
                 Err(e) if is_overrun(&e) => {
                     self.counters.enobufs += 1;
                     drained.overrun = true;
@@ -129,6 +138,7 @@ impl Source {
     /// separate resync, since the dump that follows is one.
     pub fn discard_queued(&mut self) -> Result<(), SourceError> {
         let mut scratch = Vec::new();
+        self.socket_ready = true;
         loop {
             scratch.clear();
             let before = self.counters.enobufs;
