@@ -1,7 +1,12 @@
 //! `cargo xtask test`: the whole suite, as CI runs it: installs what is missing, builds the
-//! eBPF object, checks formatting and clippy, runs the unit tests, then the end-to-end tests
-//! against real redis-server and real veth ports (root required; they fail loudly without it).
+//! eBPF object, checks formatting and clippy, runs the unit tests (the root-only ones included),
+//! then the end-to-end tests against real redis-server and real veth ports (root required; they
+//! fail loudly without it). Ends with one line totalling every test binary's result.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
 use xtask::{cargo, ensure_deps, run};
 
 /// Options of `cargo xtask test`.
@@ -18,6 +23,51 @@ pub struct Options {
     pub e2e_filter: Option<String>,
 }
 
+/// Passed/failed/ignored counts summed over `test result:` lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Adds one libtest closing line (`test result: ok. 3 passed; 0 failed; 1 ignored; ...`).
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test` command, streaming its output and tallying its results.
+fn run_tests_counted(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("xtask: running {line}");
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {line}"))?;
+    if let Some(out) = child.stdout.take() {
+        for l in BufReader::new(out).lines() {
+            let l = l.context("reading test output")?;
+            println!("{l}");
+            tally.add_line(&l);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
 /// Runs the suite.
 pub fn run_tests(opts: Options) -> anyhow::Result<()> {
     ensure_deps()?;
@@ -26,14 +76,38 @@ pub fn run_tests(opts: Options) -> anyhow::Result<()> {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    run(cargo().args(["test", "-p", "portsyncd", "-p", "portsyncd-common", "-p", "xtask"]))?;
-    run(cargo().args(["build", "-p", "portsyncd"]))?;
-    let bin = xtask::workspace_root().join("target/debug/portsyncd");
-    let mut e2e = cargo();
-    e2e.env("PORTSYNCD_BIN", &bin).args(["test", "-p", "portsyncd-e2e", "--"]);
-    if let Some(f) = &opts.e2e_filter {
-        e2e.arg(f);
+    let mut tally = Tally::default();
+    // --include-ignored: the tests that need root and BPF run here, where we are root.
+    let unit = run_tests_counted(
+        cargo().args(["test", "-p", "portsyncd", "-p", "portsyncd-common", "-p", "xtask", "--", "--include-ignored"]),
+        &mut tally,
+    );
+    let e2e = unit.and_then(|()| {
+        run(cargo().args(["build", "-p", "portsyncd"]))?;
+        let bin = xtask::workspace_root().join("target/debug/portsyncd");
+        let mut e2e = cargo();
+        e2e.env("PORTSYNCD_BIN", &bin).args(["test", "-p", "portsyncd-e2e", "--"]);
+        if let Some(f) = &opts.e2e_filter {
+            e2e.arg(f);
+        }
+        e2e.arg(format!("--test-threads={}", opts.e2e_threads));
+        run_tests_counted(&mut e2e, &mut tally)
+    });
+    // The closing line CI reads: one word with a colon, then the totals.
+    println!("total: {} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
+    e2e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tallies_libtest_closing_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 83 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.34s");
+        t.add_line("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add_line("running 3 tests");
+        assert_eq!(t, Tally { passed: 84, failed: 2, ignored: 1 });
     }
-    e2e.arg(format!("--test-threads={}", opts.e2e_threads));
-    run(&mut e2e)
 }
