@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod event;
+pub mod ifla;
 pub mod maps;
 
 pub use event::*;

@@ -45,14 +45,9 @@ const MAX_ATTRS: u32 = 64;
 /// load at 0xffff, the empty-slot offset, always fails: the datagram is at most 3 bytes longer.
 const MAX_MSG: u32 = 0xff00;
 
-// <linux/if_link.h>
-const IFLA_IFNAME: u32 = 3;
-const IFLA_MTU: u32 = 4;
-const IFLA_MASTER: u32 = 10;
-const IFLA_OPERSTATE: u32 = 16;
-const IFLA_LINKINFO: u32 = 18;
-const IFLA_CARRIER: u32 = 33;
-const IFLA_INFO_KIND: u32 = 1;
+use portsyncd_common::ifla::{
+    IFLA_CARRIER, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU, IFLA_OPERSTATE,
+};
 /// Strips `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER` from `rta_type`.
 const NLA_TYPE_MASK: u32 = 0x3fff;
 

@@ -5,6 +5,7 @@ use netlink_packet_core::{NetlinkBuffer, NLM_F_DUMP_INTR, NLM_F_MULTIPART};
 use netlink_packet_core::{NlasIterator, ParseableParametrized};
 use netlink_packet_route::link::{LinkAttribute, LinkHeader, LinkInfo, LinkMessage};
 use netlink_packet_route::AddressFamily;
+use portsyncd_common::ifla::{IFLA_CARRIER, IFLA_IFNAME, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU, IFLA_OPERSTATE};
 use portsyncd_common::{present, PortEvent, RTM_DELLINK, RTM_NEWLINK};
 
 /// `NLMSG_ERROR`.
@@ -95,14 +96,6 @@ pub fn for_each_message(buf: &[u8], origin: u8, timestamp_ns: u64, mut f: impl F
 
 /// `ifinfomsg` length: attributes start after it.
 const IFINFOMSG_LEN: usize = 16;
-/// The attributes portsyncd reads (UAPI `IFLA_*` numbers). Every other attribute - statistics,
-/// per-family data, VF info, most of a notification's bytes - is skipped undecoded.
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_MASTER: u16 = 10;
-const IFLA_OPERSTATE: u16 = 16;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_CARRIER: u16 = 33;
 
 /// Decodes one link message payload (`ifinfomsg` + the attributes we use). netlink-packet-route
 /// decodes the header and each kept attribute; only the choice of attributes is ours.
@@ -113,8 +106,9 @@ pub fn decode_link(msg_type: u16, payload: &[u8], origin: u8, timestamp_ns: u64)
     link.header = header;
     for nla in NlasIterator::new(payload.get(IFINFOMSG_LEN..)?) {
         let nla = nla.ok()?;
-        // NLA_F_NESTED and NLA_F_NET_BYTEORDER share the kind field.
-        let kind = nla.kind() & 0x3fff;
+        // NLA_F_NESTED and NLA_F_NET_BYTEORDER share the kind field. Every other attribute -
+        // statistics, per-family data, VF info, most of a notification's bytes - is skipped.
+        let kind = u32::from(nla.kind() & 0x3fff);
         if matches!(kind, IFLA_IFNAME | IFLA_MTU | IFLA_MASTER | IFLA_OPERSTATE | IFLA_LINKINFO | IFLA_CARRIER) {
             link.attributes.push(LinkAttribute::parse_with_param(&nla, family).ok()?);
         }
