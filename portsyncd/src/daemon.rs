@@ -64,8 +64,6 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     // Subscribe before dumping, so nothing between the dump and the subscription is missed.
     let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
     tracing::info!(requested = cfg.rcvbuf, granted, "event socket joined RTNLGRP_LINK");
-    let (ebpf, fallback_reason) = select_capture(&cfg, &sock)?;
-    let mode = if ebpf.is_some() { "ebpf" } else { "netlink" };
     let mut d = Daemon {
         counters: Counters::default(),
         coalescer: Coalescer::new(),
@@ -81,14 +79,14 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
             max_age: cfg.state_max_age,
         }),
         warm_metrics: WarmRestartMetrics::default(),
-        source: Source::new(sock, ebpf),
+        source: Source::new(sock, None),
         writer,
         dbs,
         startup,
         old_ifindexes: HashSet::new(),
         ifindexes: HashMap::new(),
-        mode,
-        fallback_reason,
+        mode: "netlink",
+        fallback_reason: None,
         eoiu: Eoiu::Pending,
         initial_sync_done: false,
         redis_down: None,
@@ -105,7 +103,11 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
         d.prometheus = Some(tx);
         tracing::info!(%addr, "serving Prometheus metrics");
     }
+    // Initial sync first, on the netlink socket: loading and verifying the eBPF program takes
+    // tens of milliseconds that need not delay PortInitDone.
     d.initial_sync().await?;
+    d.start_capture().await?;
+    d.initial_sync_done();
     d.event_loop().await
 }
 
@@ -226,7 +228,6 @@ impl Daemon {
         self.push_vanished(&dumped);
         self.flush().await;
 
-        self.initial_sync_done = true;
         self.warm_metrics.record_initial_sync(started.elapsed());
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
@@ -235,10 +236,35 @@ impl Daemon {
             "initial sync complete; {}",
             self.warm_metrics.summary()
         );
+        Ok(())
+    }
+
+    /// Attaches the eBPF capture per `--capture` (after initial sync, see [`run`]); whatever the
+    /// socket queued before the filter took over is processed first.
+    async fn start_capture(&mut self) -> Result<(), Error> {
+        let (ebpf, reason) = select_capture(&self.cfg, self.source.socket())?;
+        self.fallback_reason = reason;
+        if let Some(cap) = ebpf {
+            let mut events = Vec::new();
+            let drained = self.source.attach_ebpf(cap, &mut events)?;
+            self.mode = "ebpf";
+            self.counters.events += events.len() as u64;
+            for ev in &events {
+                self.coalescer.push(ev, &self.old_ifindexes);
+            }
+            if drained.overrun {
+                self.need_resync = true;
+            }
+            self.flush().await;
+        }
+        Ok(())
+    }
+
+    fn initial_sync_done(&mut self) {
+        self.initial_sync_done = true;
         self.save_state(false);
         self.write_stats();
         notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("initial sync complete")]);
-        Ok(())
     }
 
     /// C++ old-interface handling, in one netlink batch: every `Ethernet*` netdev that exists

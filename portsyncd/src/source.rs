@@ -67,6 +67,21 @@ impl Source {
         Self { sock, ebpf, buf: Vec::with_capacity(RECV_BUF), socket_ready: true, counters: SourceCounters::default() }
     }
 
+    /// The event socket (the eBPF filter attaches to it).
+    pub fn socket(&self) -> &NlSocket {
+        &self.sock
+    }
+
+    /// Switches to eBPF capture once `cap` is attached to [`Self::socket`]. Messages queued on the
+    /// socket before the filter was attached are older than anything the ring will hold, so they
+    /// are drained into `out` first, as netlink events.
+    pub fn attach_ebpf(&mut self, cap: EbpfCapture, out: &mut Vec<PortEvent>) -> Result<Drained, SourceError> {
+        self.socket_ready = true;
+        let drained = self.drain_now(out, usize::MAX)?;
+        self.ebpf = Some(cap);
+        Ok(drained)
+    }
+
     /// The eBPF capture, if active.
     pub fn ebpf(&self) -> Option<&EbpfCapture> {
         self.ebpf.as_ref()
