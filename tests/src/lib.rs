@@ -9,6 +9,7 @@ pub mod netns;
 pub mod orchagent;
 pub mod poll;
 pub mod redis_server;
+pub mod storm;
 pub mod watch;
 
 pub use daemon::{Daemon, DaemonOpts, RunOutput, Stats};

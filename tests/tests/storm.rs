@@ -1,60 +1,10 @@
 //! Flap storms: hundreds of ports changing at once in one `ip -batch`, with a normal and with a
 //! deliberately overrun event path; STATE_DB must end equal to the kernel for every port.
 
-use std::collections::BTreeMap;
-
-use portsyncd_e2e::netns::LinkState;
+use portsyncd_e2e::storm::{kernel_in_storm_final, storm_lines};
 use portsyncd_e2e::{
     all_links, capture_tests, hash, wait_hash, Capture, DaemonOpts, Fixture, APPL_DB, DEFAULT_TIMEOUT, STORM_TIMEOUT,
 };
-
-/// The final state of a round: port `i` ends admin-down if `i % 3 == 0`, carrier-less if
-/// `i % 3 == 1`, up otherwise; every fifth port gets mtu 9000. Not uniform, so a daemon that
-/// publishes a stale or constant value cannot match by accident.
-fn expected_final(i: u32) -> (bool, bool, u32) {
-    let mtu = if i.is_multiple_of(5) { 9000 } else { 1500 };
-    match i % 3 {
-        0 => (false, false, mtu),
-        1 => (true, false, mtu),
-        _ => (true, true, mtu),
-    }
-}
-
-/// All down, all up (both port and peer), then the mixed final state, in one `ip -batch`.
-fn storm_lines(n: u32) -> Vec<String> {
-    let mut lines = Vec::new();
-    for i in 0..n {
-        lines.push(format!("link set Ethernet{i} down"));
-    }
-    for i in 0..n {
-        lines.push(format!("link set Ethernet{i} up"));
-    }
-    for i in 0..n {
-        lines.push(format!("link set pe{i} down"));
-    }
-    for i in 0..n {
-        lines.push(format!("link set pe{i} up"));
-    }
-    for i in 0..n {
-        let (admin, oper, mtu) = expected_final(i);
-        lines.push(format!("link set Ethernet{i} mtu {mtu}"));
-        if !admin {
-            lines.push(format!("link set Ethernet{i} down"));
-        } else if !oper {
-            lines.push(format!("link set pe{i} down"));
-        }
-    }
-    lines
-}
-
-fn kernel_in_final_state(n: u32) -> impl Fn(&BTreeMap<String, LinkState>) -> bool {
-    move |links| {
-        (0..n).all(|i| {
-            let (admin, oper, mtu) = expected_final(i);
-            links.get(&format!("Ethernet{i}")).is_some_and(|l| l.admin_up == admin && l.oper_up == oper && l.mtu == mtu)
-        })
-    }
-}
 
 fn bring_up(fx: &Fixture, n: u32) {
     fx.create_ports(0..n);
@@ -66,8 +16,8 @@ fn scenario_flap_storm_256(mode: Capture) {
     const N: u32 = 256;
     let mut fx = Fixture::start(mode, N);
     bring_up(&fx, N);
-    fx.ns.batch(&storm_lines(N));
-    fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, kernel_in_final_state(N));
+    fx.ns.batch(&storm_lines(N, 1));
+    fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, kernel_in_storm_final(N));
     let stats = fx.daemon().wait_stats(DEFAULT_TIMEOUT, "counters.events > 0", |s| s.counter("events") > 0);
     eprintln!("256-port storm, {mode}: counters {}", stats.get("/counters").map(|c| c.to_string()).unwrap_or_default());
     assert!(fx.daemon().is_running());
@@ -86,8 +36,8 @@ fn scenario_overrun(mode: Capture) {
     fx.start_daemon(opts);
     bring_up(&fx, N);
     for round in 0..ROUNDS {
-        fx.ns.batch(&storm_lines(N));
-        fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, kernel_in_final_state(N));
+        fx.ns.batch(&storm_lines(N, 1));
+        fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, kernel_in_storm_final(N));
         if round + 1 < ROUNDS {
             // Back to all up for the next round.
             let lines: Vec<String> =

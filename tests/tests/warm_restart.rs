@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portsyncd_e2e::netns::LinkState;
+use portsyncd_e2e::storm::{kernel_in_storm_final, storm_lines};
 use portsyncd_e2e::{
     all_links, appl_db_snapshot, assert_state_matches_kernel, capture_tests, config_db_snapshot, hash, hgetall,
     port_names, port_state, state_db_port_table, state_db_snapshot, wait_until, Capture, DaemonOpts, DbSnapshot,
@@ -564,50 +565,8 @@ fn scenario_links_changed_while_down(mode: Capture) {
 // 3. kill -9 in the middle of a storm
 // ---------------------------------------------------------------------------------------------
 
-/// Port `i` ends admin-down if `i % 3 == 0`, carrier-less if `i % 3 == 1`, up otherwise; every
-/// fourth gets mtu 9000.
-fn storm_final(i: u32) -> (bool, bool, u32) {
-    let mtu = if i.is_multiple_of(4) { 9000 } else { 1500 };
-    match i % 3 {
-        0 => (false, false, mtu),
-        1 => (true, false, mtu),
-        _ => (true, true, mtu),
-    }
-}
-
 /// Flap rounds before the final state: long enough that the kill lands mid-storm.
 const STORM_ROUNDS: u32 = 3;
-
-/// All down, mtu change, all up, carrier off and on, `STORM_ROUNDS` times; then the final state.
-fn storm_lines(n: u32) -> Vec<String> {
-    let mut lines = Vec::new();
-    for round in 0..STORM_ROUNDS {
-        lines.extend((0..n).map(|i| format!("link set Ethernet{i} down")));
-        lines.extend((0..n).map(|i| format!("link set Ethernet{i} mtu {}", 9100 - round)));
-        lines.extend((0..n).map(|i| format!("link set Ethernet{i} up")));
-        lines.extend((0..n).map(|i| format!("link set pe{i} down")));
-        lines.extend((0..n).map(|i| format!("link set pe{i} up")));
-    }
-    for i in 0..n {
-        let (admin, oper, mtu) = storm_final(i);
-        lines.push(format!("link set Ethernet{i} mtu {mtu}"));
-        if !admin {
-            lines.push(format!("link set Ethernet{i} down"));
-        } else if !oper {
-            lines.push(format!("link set pe{i} down"));
-        }
-    }
-    lines
-}
-
-fn kernel_in_storm_final(n: u32) -> impl Fn(&BTreeMap<String, LinkState>) -> bool {
-    move |links| {
-        (0..n).all(|i| {
-            let (admin, oper, mtu) = storm_final(i);
-            links.get(&format!("Ethernet{i}")).is_some_and(|l| l.admin_up == admin && l.oper_up == oper && l.mtu == mtu)
-        })
-    }
-}
 
 #[test]
 fn kill9_during_512_port_storm_then_warm_restart_matches_kernel_netlink() {
@@ -621,7 +580,7 @@ fn kill9_during_512_port_storm_then_warm_restart_matches_kernel_netlink() {
     fx.daemon().wait_stats(DEFAULT_TIMEOUT, "port_init_done", Stats::port_init_done);
     let events_before = fx.daemon().stats().map(|s| s.counter("events")).unwrap_or(0);
 
-    let lines = storm_lines(N);
+    let lines = storm_lines(N, STORM_ROUNDS);
     let ns = &fx.ns;
     let daemon = fx.daemon.as_mut().expect("daemon");
     let (batch_done_at_kill, events_at_kill, batch_time) = std::thread::scope(|s| {
