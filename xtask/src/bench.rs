@@ -297,11 +297,7 @@ fn prepare_binary(opts: &Options) -> anyhow::Result<PathBuf> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the storm benchmark needs root (network namespaces, veth ports, eBPF)");
     }
-    for prog in ["redis-server", "ip"] {
-        if !xtask::on_path(prog) && !std::path::Path::new("/usr/sbin").join(prog).is_file() {
-            bail!("{prog} not found: run `bash scripts/install-deps.sh`");
-        }
-    }
+    xtask::ensure_deps()?;
     if let Some(bin) = std::env::var_os("PORTSYNCD_BIN") {
         return Ok(PathBuf::from(bin));
     }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,16 +157,8 @@ fn check_prerequisites() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the demo needs root (network namespaces, veth ports, eBPF): run `sudo -E cargo xtask demo`");
     }
-    let missing = || ["redis-server", "ip"].into_iter().filter(|p| !xtask::on_path(p)).collect::<Vec<_>>();
-    if !missing().is_empty() {
-        eprintln!("demo: missing {:?}; running scripts/install-deps.sh", missing());
-        xtask::run(Command::new("bash").arg(xtask::workspace_root().join("scripts/install-deps.sh")))?;
-        let still = missing();
-        if !still.is_empty() {
-            bail!("still missing after scripts/install-deps.sh: {still:?}");
-        }
-    }
-    Ok(())
+    // redis-server, ip, capsh and the eBPF toolchain (the release build embeds the program).
+    xtask::ensure_deps()
 }
 
 /// Polls `f` until it returns `Ok`, the deadline passes or the user interrupts.
