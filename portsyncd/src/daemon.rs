@@ -491,6 +491,10 @@ impl Daemon {
                 r = self.source.next_batch(&mut events, self.cfg.batch_max) => {
                     let drained = r?;
                     self.counters.events += events.len() as u64;
+                    let now = monotonic_ns();
+                    for ev in events.iter().filter(|e| e.origin == origin::EBPF) {
+                        self.latency.record_delivery_ns(ev.timestamp_ns, now);
+                    }
                     for ev in &events {
                         self.coalescer.push(ev, &self.old_ifindexes);
                     }

@@ -87,11 +87,15 @@ pub enum Kind {
     BatchPorts,
     /// Processing time of one batch, ns.
     BatchProcessing,
+    /// eBPF mode only: kernel event timestamp to the daemon draining it from the ring, ns
+    /// (kernel-to-userspace delivery).
+    Delivery,
 }
 
 impl Kind {
     /// All kinds, in log order.
-    pub const ALL: [Kind; 4] = [Kind::Latency, Kind::BatchEvents, Kind::BatchPorts, Kind::BatchProcessing];
+    pub const ALL: [Kind; 5] =
+        [Kind::Latency, Kind::BatchEvents, Kind::BatchPorts, Kind::BatchProcessing, Kind::Delivery];
 
     /// Interval-log tag (no `,`, space or newline, as the format requires).
     pub fn tag(self) -> &'static str {
@@ -100,13 +104,14 @@ impl Kind {
             Kind::BatchEvents => "batch_events",
             Kind::BatchPorts => "batch_ports",
             Kind::BatchProcessing => "batch_processing",
+            Kind::Delivery => "delivery",
         }
     }
 
     /// Unit of tables and summaries.
     pub fn display_unit(self) -> &'static str {
         match self {
-            Kind::Latency | Kind::BatchProcessing => "us",
+            Kind::Latency | Kind::BatchProcessing | Kind::Delivery => "us",
             Kind::BatchEvents => "events",
             Kind::BatchPorts => "ports",
         }
@@ -114,7 +119,7 @@ impl Kind {
 
     fn max(self) -> u64 {
         match self {
-            Kind::Latency | Kind::BatchProcessing => MAX_NS,
+            Kind::Latency | Kind::BatchProcessing | Kind::Delivery => MAX_NS,
             Kind::BatchEvents | Kind::BatchPorts => MAX_BATCH,
         }
     }
@@ -122,7 +127,7 @@ impl Kind {
     /// Divisor from recorded units to display units.
     fn display_ratio(self) -> f64 {
         match self {
-            Kind::Latency | Kind::BatchProcessing => 1_000.0,
+            Kind::Latency | Kind::BatchProcessing | Kind::Delivery => 1_000.0,
             Kind::BatchEvents | Kind::BatchPorts => 1.0,
         }
     }
@@ -183,6 +188,7 @@ pub struct LatencyRecorder {
     batch_events: Series,
     batch_ports: Series,
     batch_processing: Series,
+    delivery: Series,
     clock_anomalies: u64,
     missing_timestamps: u64,
 }
@@ -195,6 +201,7 @@ impl fmt::Debug for LatencyRecorder {
             .field("batch_events", &self.batch_events.whole.len())
             .field("batch_ports", &self.batch_ports.whole.len())
             .field("batch_processing", &self.batch_processing.whole.len())
+            .field("delivery", &self.delivery.whole.len())
             .field("clock_anomalies", &self.clock_anomalies)
             .field("missing_timestamps", &self.missing_timestamps)
             .finish()
@@ -209,6 +216,7 @@ impl LatencyRecorder {
             batch_events: Series::new(Kind::BatchEvents)?,
             batch_ports: Series::new(Kind::BatchPorts)?,
             batch_processing: Series::new(Kind::BatchProcessing)?,
+            delivery: Series::new(Kind::Delivery)?,
             clock_anomalies: 0,
             missing_timestamps: 0,
         })
@@ -234,6 +242,14 @@ impl LatencyRecorder {
         self.latency.record(latency);
     }
 
+    /// Records one eBPF event's delivery: kernel timestamp to the moment the daemon drained it.
+    #[inline]
+    pub fn record_delivery_ns(&mut self, event_ts_ns: u64, drained_ts_ns: u64) {
+        if event_ts_ns != 0 {
+            self.delivery.record(drained_ts_ns.saturating_sub(event_ts_ns));
+        }
+    }
+
     /// Records one flushed batch: events drained, ports written, processing time in ns.
     #[inline]
     pub fn record_batch(&mut self, events: u64, ports_written: u64, processing_ns: u64) {
@@ -254,6 +270,7 @@ impl LatencyRecorder {
             batch_events: self.batch_events.summary(Kind::BatchEvents.display_ratio()),
             batch_ports: self.batch_ports.summary(Kind::BatchPorts.display_ratio()),
             batch_processing_us: self.batch_processing.summary(Kind::BatchProcessing.display_ratio()),
+            delivery_us: self.delivery.summary(Kind::Delivery.display_ratio()),
             clock_anomalies: self.clock_anomalies,
             missing_timestamps: self.missing_timestamps,
         }
@@ -296,6 +313,7 @@ impl LatencyRecorder {
             Kind::BatchEvents => &self.batch_events,
             Kind::BatchPorts => &self.batch_ports,
             Kind::BatchProcessing => &self.batch_processing,
+            Kind::Delivery => &self.delivery,
         }
     }
 
@@ -339,6 +357,8 @@ pub struct LatencySummary {
     pub batch_ports: HistogramSummary,
     /// Processing time per batch, microseconds.
     pub batch_processing_us: HistogramSummary,
+    /// eBPF mode: kernel event to ring drain, microseconds.
+    pub delivery_us: HistogramSummary,
     /// Acks timestamped before their event (recorded as 0 latency).
     pub clock_anomalies: u64,
     /// Writes whose event had no timestamp (not recorded).
@@ -627,8 +647,8 @@ mod tests {
 
         let iv = intervals(&text);
         let tags: Vec<&str> = iv.iter().map(|i| i.0.as_str()).collect();
-        assert_eq!(tags, ["latency", "batch_events", "batch_ports", "batch_processing"].repeat(2));
-        let (first, second) = iv.split_at(4);
+        assert_eq!(tags, Kind::ALL.map(Kind::tag).repeat(2));
+        let (first, second) = iv.split_at(Kind::ALL.len());
         assert_eq!((first[0].4.len(), second[0].4.len()), (3, 1), "second interval holds only its own values");
         assert!(within_precision(first[0].3, 300_000.0) && within_precision(first[0].4.max() as f64, 300_000.0));
         assert!(within_precision(second[0].3, 50_000.0), "{}", second[0].3);
@@ -714,12 +734,12 @@ mod tests {
         let text = std::fs::read(&path).unwrap();
         let s = std::str::from_utf8(&text).unwrap();
         let tables: Vec<&str> = s.lines().filter(|l| l.contains("Total count")).collect();
-        assert_eq!(tables.len(), 4, "one table per histogram\n{s}");
+        assert_eq!(tables.len(), Kind::ALL.len(), "one table per histogram\n{s}");
         assert!(tables[0].starts_with("#[Max") && tables[0].ends_with("Total count    =            1]"), "{s}");
         assert!(s.lines().any(|l| l.starts_with("#       Value")), "{s}");
         assert!(s.lines().all(|l| l.starts_with('#') || l.starts_with("Tag=") || l == LEGEND), "{s}");
         // Still a valid interval log with both intervals.
-        assert_eq!(intervals(&text).len(), 8);
+        assert_eq!(intervals(&text).len(), 2 * Kind::ALL.len());
     }
 
     #[test]
@@ -727,5 +747,17 @@ mod tests {
         let e = IntervalLog::create(Path::new("/nonexistent-dir/x.hlog"), Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, LatencyError::Create { .. }), "{e:?}");
         assert!(e.to_string().contains("/nonexistent-dir/x.hlog"), "{e}");
+    }
+
+    #[test]
+    fn delivery_is_recorded_in_microseconds_and_unknown_timestamps_skipped() {
+        let mut r = rec();
+        r.record_delivery_ns(1_000, 41_000);
+        r.record_delivery_ns(0, 41_000);
+        r.record_delivery_ns(50_000, 41_000);
+        let d = r.summary().delivery_us;
+        assert_eq!(d.count, 2, "the zero timestamp is skipped, a negative delay counts as 0");
+        assert!(within_precision(d.max, 40.0), "{d:?}");
+        assert_eq!(d.min, 0.0);
     }
 }
