@@ -772,7 +772,7 @@ mod tests {
     /// Network namespaces are per thread and entering one needs `setns`, so the test re-runs
     /// itself under `ip netns exec` (the child does the work) instead of switching in-process.
     #[test]
-    #[ignore = "needs root + netns; run by the e2e suite"]
+    #[ignore = "needs root and a network namespace; `cargo xtask test` (CI) runs it with --include-ignored"]
     fn captures_port_events_in_a_netns() {
         if std::env::var_os(NETNS_CHILD_ENV).is_some() {
             netns::run_child();
