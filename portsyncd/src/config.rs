@@ -66,6 +66,10 @@ pub struct Args {
     /// Most events drained into one batch.
     #[arg(long, env = "PORTSYNCD_BATCH_MAX", value_name = "N")]
     pub batch_max: Option<usize>,
+    /// During a storm (a batch less than 10 ms after the previous one), wait this long for more
+    /// events before writing: fewer, larger batches for up to this much extra latency. 0 = off.
+    #[arg(long, env = "PORTSYNCD_BATCH_LINGER_US", value_name = "US")]
+    pub batch_linger_us: Option<u64>,
     /// eBPF ring buffer size in bytes (power of two, at least one page).
     #[arg(long, env = "PORTSYNCD_RING_BYTES", value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
@@ -108,6 +112,7 @@ struct FileConfig {
     eoiu_timeout_secs: Option<u64>,
     rcvbuf: Option<usize>,
     batch_max: Option<usize>,
+    batch_linger_us: Option<u64>,
     ring_bytes: Option<u32>,
     state_file: Option<PathBuf>,
     state_backups: Option<usize>,
@@ -141,6 +146,8 @@ pub struct Config {
     pub rcvbuf: usize,
     /// Batch bound.
     pub batch_max: usize,
+    /// Storm linger (zero: off).
+    pub batch_linger: Duration,
     /// eBPF ring size.
     pub ring_bytes: u32,
     /// Warm-restart state file.
@@ -226,6 +233,10 @@ impl Config {
         if !(1..=1 << 20).contains(&batch_max) {
             return Err(invalid("batch_max", format!("{batch_max} is not in 1..=1048576")));
         }
+        let linger_us = args.batch_linger_us.or(file.batch_linger_us).unwrap_or(0);
+        if linger_us > 100_000 {
+            return Err(invalid("batch_linger_us", format!("{linger_us} is more than 100000 (100 ms)")));
+        }
         let ring_bytes = args.ring_bytes.or(file.ring_bytes).unwrap_or(crate::ebpf::DEFAULT_RING_BYTES);
         if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
             return Err(invalid("ring_bytes", format!("{ring_bytes} is not a power of two >= 4096")));
@@ -264,6 +275,7 @@ impl Config {
             eoiu_timeout: Duration::from_secs(eoiu),
             rcvbuf,
             batch_max,
+            batch_linger: Duration::from_micros(linger_us),
             ring_bytes,
             state_file,
             state_backups,
@@ -330,6 +342,7 @@ mod tests {
             (&["--redis", "http://x"][..], "redis"),
             (&["--metrics-addr", "10.0.0.1:9100"][..], "metrics_addr"),
             (&["--batch-max", "0"][..], "batch_max"),
+            (&["--batch-linger-us", "200000"][..], "batch_linger_us"),
         ] {
             match parse(argv) {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),

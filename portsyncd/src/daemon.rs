@@ -34,6 +34,8 @@ const TICK: Duration = Duration::from_millis(200);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 /// Deadline for the admin-down acknowledgements at a cold start.
 const ADMIN_DOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Batches closer together than this are a storm, where `--batch-linger-us` applies.
+const STORM_GAP: Duration = Duration::from_millis(10);
 /// How long a final flush may take at shutdown.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -479,6 +481,7 @@ impl Daemon {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut events: Vec<PortEvent> = Vec::with_capacity(self.cfg.batch_max);
         let mut last_retry = Instant::now();
+        let mut last_batch = Instant::now();
         let mut last_save = Instant::now();
         let mut last_interval = Instant::now();
         let watchdog = watchdog_interval();
@@ -489,7 +492,17 @@ impl Daemon {
                 _ = sigint.recv() => break,
                 _ = sigusr1.recv() => self.report_percentiles(),
                 r = self.source.next_batch(&mut events, self.cfg.batch_max) => {
-                    let drained = r?;
+                    let mut drained = r?;
+                    // In a storm, a short wait gathers the next events into this batch: one
+                    // wake-up and one Redis round trip for several events instead of each.
+                    let storm = last_batch.elapsed() < STORM_GAP;
+                    last_batch = Instant::now();
+                    if storm && !self.cfg.batch_linger.is_zero() && events.len() < self.cfg.batch_max {
+                        tokio::time::sleep(self.cfg.batch_linger).await;
+                        let more = self.source.drain_now(&mut events, self.cfg.batch_max)?;
+                        drained.overrun |= more.overrun;
+                        drained.ring_overflow |= more.ring_overflow;
+                    }
                     self.counters.events += events.len() as u64;
                     let now = monotonic_ns();
                     for ev in events.iter().filter(|e| e.origin == origin::EBPF) {

@@ -23,6 +23,27 @@ fn scenario_flap_storm_256(mode: Capture) {
     assert!(fx.daemon().is_running());
 }
 
+/// With `--batch-linger-us` the storm is written in far fewer, larger batches, and still ends
+/// with STATE_DB equal to the kernel.
+fn scenario_storm_with_linger(mode: Capture) {
+    const N: u32 = 128;
+    let mut fx = Fixture::new(mode, N);
+    fx.start_daemon(DaemonOpts::new(mode).args(["--batch-linger-us", "2000"]));
+    bring_up(&fx, N);
+    let before = fx.daemon().stats().expect("stats").counter("batches");
+    fx.ns.batch(&storm_lines(N, 2));
+    fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, kernel_in_storm_final(N));
+    let stats = fx.daemon().wait_stats(DEFAULT_TIMEOUT, "stats after the storm", |s| s.counter("batches") > before);
+    let batches = stats.counter("batches") - before;
+    let writes = stats.counter("state_writes");
+    eprintln!(
+        "linger storm, {mode}: {batches} batches, counters {}",
+        stats.get("/counters").map(|c| c.to_string()).unwrap_or_default()
+    );
+    // 2 rounds x 5 steps x 128 ports of changes: without lingering, batches hold 1-3 events.
+    assert!(batches * 4 < u64::from(N) * 10, "lingering should batch the storm: {batches} batches, {writes} writes");
+}
+
 /// Netlink: a 4 KiB socket buffer overflows (ENOBUFS) and must trigger a re-dump and resync.
 /// eBPF: a one-page ring fills (`ring_full`), the overflow path takes the rest.
 fn scenario_overrun(mode: Capture) {
@@ -63,6 +84,7 @@ fn scenario_overrun(mode: Capture) {
 }
 
 capture_tests! {
+    scenario_storm_with_linger => storm_with_batch_linger_matches_kernel_netlink, storm_with_batch_linger_matches_kernel_ebpf;
     scenario_flap_storm_256 => flap_storm_256_ports_ends_equal_to_kernel_netlink, flap_storm_256_ports_ends_equal_to_kernel_ebpf;
     scenario_overrun => overrun_event_path_resyncs_to_kernel_state_netlink, overrun_event_path_resyncs_to_kernel_state_ebpf;
 }
