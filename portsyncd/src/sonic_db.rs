@@ -79,11 +79,6 @@ impl DbLocation {
         s.push_str(key);
         s
     }
-
-    /// Whether two databases are served by the same Redis server.
-    pub fn same_server(&self, other: &DbLocation) -> bool {
-        self.info.addr() == other.info.addr()
-    }
 }
 
 /// The three databases portsyncd uses.
@@ -256,8 +251,7 @@ mod tests {
         assert!(matches!(dbs.state.info.addr(), ConnectionAddr::Tcp(h, 6380) if h == "127.0.0.1"));
         assert_eq!(dbs.state.key(PORT_TABLE, "Ethernet0"), "PORT_TABLE|Ethernet0");
         assert_eq!(dbs.appl.key(PORT_TABLE, "Ethernet0"), "PORT_TABLE:Ethernet0");
-        assert!(dbs.appl.same_server(&dbs.config));
-        assert!(!dbs.appl.same_server(&dbs.state));
+        assert_eq!(dbs.appl.info.addr(), dbs.config.info.addr());
     }
 
     #[test]

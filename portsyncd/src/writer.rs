@@ -77,11 +77,6 @@ impl DbConn {
         Self { name, loc, conn: None, scripts, reconnects: 0 }
     }
 
-    /// Where this database lives.
-    pub fn location(&self) -> &DbLocation {
-        &self.loc
-    }
-
     /// The connection, connecting first if needed.
     pub async fn get(&mut self) -> Result<&mut MultiplexedConnection, WriteError> {
         let conn = match self.conn.take() {

@@ -4,7 +4,6 @@
 use netlink_packet_core::{NetlinkBuffer, NLM_F_DUMP_INTR, NLM_F_MULTIPART};
 use netlink_packet_core::{NlasIterator, ParseableParametrized};
 use netlink_packet_route::link::{LinkAttribute, LinkHeader, LinkInfo, LinkMessage};
-use netlink_packet_route::AddressFamily;
 use portsyncd_common::ifla::{IFLA_CARRIER, IFLA_IFNAME, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU, IFLA_OPERSTATE};
 use portsyncd_common::{present, PortEvent, RTM_DELLINK, RTM_NEWLINK};
 
@@ -156,11 +155,6 @@ pub fn link_to_event(msg_type: u16, link: &LinkMessage, origin: u8, timestamp_ns
         }
     }
     ev
-}
-
-/// The family as the enum netlink-packet-route uses (for log lines).
-pub fn family_name(ev: &PortEvent) -> String {
-    AddressFamily::from(ev.family).to_string()
 }
 
 #[cfg(test)]
