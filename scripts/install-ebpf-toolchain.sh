@@ -3,7 +3,7 @@
 #   - rustc 1.96 + library source from Debian (rustc-web, cargo-web, rust-web-src), LLVM 22
 #   - the rustup toolchain `deb-1.96` pointing at it (/usr)
 #   - bpf-linker 0.13.0 built against LLVM 22, in ~/.cargo/bin
-# Why this toolchain and not rustup's: /work/shared/ebpf-toolchain.md (no rust-src component
+# Why this toolchain and not rustup's: ../shared/ebpf-toolchain.md (no rust-src component
 # here; newer aya needs Rust 1.98).
 set -euo pipefail
 

@@ -6,7 +6,14 @@
 //! when the ring is full, port messages too (the daemon's netlink path parses those). Each outcome
 //! is counted in the per-CPU `COUNTERS` map, so loss is never silent.
 //!
-//! Build (own workspace, Debian rustc 1.96, see `/work/shared/ebpf-toolchain.md`):
+//! Why this hook: no mainline tracepoint carries the device of a link change
+//! (`notifier:notifier_run` has only the callback pointer), kprobes are not built into our kernels
+//! and fentry/fexit are refused under lockdown. The link-notification message itself carries
+//! everything portsyncd needs as stable UAPI (no BTF, no struct offsets), a socket filter sees it
+//! in the daemon's own network namespace only, and it runs before the message costs socket-buffer
+//! space.
+//!
+//! Build (own workspace, Debian rustc 1.96, see `../shared/ebpf-toolchain.md` beside the repository):
 //! `cargo xtask build-ebpf`, which runs `scripts/build-ebpf.sh`, i.e.
 //! `RUSTC_BOOTSTRAP=1 cargo +deb-1.96 build -Z build-std=core --target bpfel-unknown-none --release`
 //! in this directory. There is deliberately no `rust-toolchain.toml`: the host workspace builds with
