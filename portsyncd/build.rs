@@ -18,13 +18,16 @@ fn main() {
     }
 }
 
-/// Where the object comes from, first match wins:
+/// Where the object comes from:
 /// 1. `PORTSYNCD_EBPF_OBJECT=<path>`: used as is (e.g. a prebuilt object on a machine without the
-///    eBPF toolchain).
-/// 2. `scripts/build-ebpf.sh`, the same build `cargo xtask build-ebpf` runs (incremental, so a
-///    no-op when nothing changed). `PORTSYNCD_EBPF_FEATURES=debug` selects the logging variant.
-/// 3. Toolchain missing but an object from an earlier build exists: used, with a warning.
-/// 4. Otherwise the build fails and says how to install the toolchain.
+///    eBPF toolchain), after the checks in [`check_elf`].
+/// 2. Otherwise `scripts/build-ebpf.sh`, the same build `cargo xtask build-ebpf` runs
+///    (incremental, so a no-op when nothing changed). `PORTSYNCD_EBPF_FEATURES=debug` selects
+///    the logging variant. A missing toolchain fails the build with the command that installs
+///    it: an object left from an earlier build may not match these sources, and a stale filter
+///    is worse than no build.
+///
+/// The daemon checks the embedded object again at start (`ebpf::verify_embedded_object`).
 fn run() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
     let root = manifest_dir.parent().ok_or("portsyncd has no parent directory")?.to_path_buf();
@@ -40,9 +43,26 @@ fn run() -> Result<(), String> {
         }
         None => build(&root)?,
     };
+    check_elf(&object)?;
     let dest = out_dir.join("portsyncd-ebpf.o");
     fs::copy(&object, &dest)
         .map_err(|e| format!("copying eBPF object {} to {}: {e}", object.display(), dest.display()))?;
+    Ok(())
+}
+
+/// `EM_BPF` in an ELF header's `e_machine`.
+const EM_BPF: u16 = 247;
+
+/// A 64-bit little-endian ELF for the BPF machine: anything else cannot be our object.
+fn check_elf(path: &Path) -> Result<(), String> {
+    let bytes = fs::read(path).map_err(|e| format!("reading eBPF object {}: {e}", path.display()))?;
+    let machine = bytes.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+        return Err(format!("eBPF object {} is not a 64-bit little-endian ELF file", path.display()));
+    }
+    if machine != Some(EM_BPF) {
+        return Err(format!("eBPF object {} is an ELF for machine {machine:?}, not BPF ({EM_BPF})", path.display()));
+    }
     Ok(())
 }
 
@@ -70,18 +90,9 @@ fn build(root: &Path) -> Result<PathBuf, String> {
     match status.code() {
         Some(0) if object.is_file() => Ok(object),
         Some(0) => Err(format!("`bash {}` succeeded but {} is missing", script.display(), object.display())),
-        Some(TOOLCHAIN_MISSING) if object.is_file() => {
-            println!("cargo:rerun-if-changed={}", object.display());
-            println!(
-                "cargo:warning=eBPF toolchain missing; embedding the existing {} (may be stale: {INSTALL_HINT})",
-                object.display()
-            );
-            Ok(object)
-        }
         Some(TOOLCHAIN_MISSING) => Err(format!(
-            "the eBPF object {} does not exist and the eBPF toolchain is missing: {INSTALL_HINT} \
-             (or set PORTSYNCD_EBPF_OBJECT to a prebuilt object)",
-            object.display()
+            "the eBPF toolchain (Debian rustc + rust-src, bpf-linker) is missing, so the socket filter \
+             cannot be built from these sources: {INSTALL_HINT} (or set PORTSYNCD_EBPF_OBJECT to a prebuilt object)"
         )),
         _ => Err(format!("`bash {}` failed ({status})", script.display())),
     }

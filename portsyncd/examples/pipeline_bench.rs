@@ -9,11 +9,13 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use clap::Parser;
-use portsyncd::batch::Coalescer;
 use portsyncd::metrics::latency::LatencyRecorder;
+use portsyncd::metrics::Counters;
+use portsyncd::pipeline::retry::Backoff;
+use portsyncd::pipeline::Pipeline;
 use portsyncd::reconcile::Reconciler;
 use portsyncd::sonic_db::SonicDbs;
-use portsyncd::writer::{FlushCost, Writer};
+use portsyncd::writer::Writer;
 use portsyncd_common::{origin, PortEvent, IFF_RUNNING, IFF_UP, RTM_NEWLINK};
 
 #[derive(Debug, Parser)]
@@ -80,16 +82,16 @@ async fn seed(dbs: &SonicDbs, ports: u32) -> anyhow::Result<()> {
 }
 
 async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
-    let mut writer = Writer::new(dbs);
+    let mut writer = Writer::new(dbs, std::time::Duration::from_secs(5));
     writer.connect().await?;
-    let mut rec = Reconciler::new(Default::default());
-    let mut co = Coalescer::new();
+    let backoff = Backoff { min: std::time::Duration::from_millis(100), max: std::time::Duration::from_secs(30) };
+    let mut pipeline = Pipeline::new(Reconciler::new(Default::default()), backoff);
     let mut lat = LatencyRecorder::new()?;
+    let mut cost = Counters::default();
     let old = HashSet::new();
     // Pre-generate so event construction is not measured.
     let events: Vec<PortEvent> =
         (0..args.events).map(|i| event((i % u64::from(args.ports)) as u32, i / u64::from(args.ports))).collect();
-    let mut cost = FlushCost::default();
     let cpu0 = cpu_ns();
     let t0 = Instant::now();
     for chunk in events.chunks(batch) {
@@ -97,20 +99,9 @@ async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
         for e in chunk {
             let mut e = *e;
             e.timestamp_ns = start;
-            co.push(&e, &old);
+            pipeline.coalescer.push(&e, &old);
         }
-        let pending = co.take();
-        let n = pending.len() as u64;
-        let unknown = rec.presence_unknown(&pending);
-        let present = writer.present_in_appl(&unknown, &mut cost).await?;
-        let plan = rec.plan(pending, &present);
-        writer.apply(&plan, &mut cost).await?;
-        let ack = portsyncd::clock::monotonic_ns();
-        rec.commit(&plan);
-        for (_, p) in &plan.ops {
-            lat.record_latency_ns(p.first_ts, ack);
-        }
-        lat.record_batch(chunk.len() as u64, n, ack - start);
+        pipeline.flush(&mut writer, false, Instant::now(), &mut cost, &mut lat).await?;
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_ns() - cpu0;
@@ -122,8 +113,8 @@ async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
         wall_s: wall,
         events_per_s: ev / wall,
         cpu_ns_per_event: cpu as f64 / ev,
-        redis_commands_per_event: cost.commands as f64 / ev,
-        round_trips_per_event: cost.round_trips as f64 / ev,
+        redis_commands_per_event: cost.redis_commands as f64 / ev,
+        round_trips_per_event: cost.redis_round_trips as f64 / ev,
         p50_us: s.latency_us.p50,
         p99_us: s.latency_us.p99,
     })

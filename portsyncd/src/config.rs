@@ -27,6 +27,16 @@ pub const DEFAULT_STATE_SAVE_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_HISTOGRAM_INTERVAL_SECS: u64 = 10;
 /// Interrupted (NLM_F_DUMP_INTR) dumps are repeated at most this often before the last one is used.
 pub const DEFAULT_DUMP_RETRIES: u32 = 5;
+/// Seconds between self-healing reconciliations (dump + read-back of our rows); 0 = off.
+pub const DEFAULT_RECONCILE_INTERVAL_SECS: u64 = 300;
+/// First retry of a change Redis refused, in ms; doubled per refusal.
+pub const DEFAULT_REFUSAL_BACKOFF_MIN_MS: u64 = 100;
+/// Longest wait between retries of a refused change, in ms.
+pub const DEFAULT_REFUSAL_BACKOFF_MAX_MS: u64 = 30_000;
+/// Every Redis call's deadline, in ms: past it the connection counts as lost (a hung Redis).
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 5_000;
+/// The event loop not turning for this long while changes are pending is a stall.
+pub const DEFAULT_STALL_WATCHDOG_SECS: u64 = 10;
 
 /// How link events are captured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, serde::Serialize)]
@@ -97,9 +107,31 @@ pub struct Args {
     /// Serve Prometheus text metrics on this loopback address (opt-in).
     #[arg(long, env = "PORTSYNCD_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Seconds between self-healing reconciliations (one dump plus one read-back of our rows;
+    /// drifted rows are rewritten). 0 = off.
+    #[arg(long, env = "PORTSYNCD_RECONCILE_INTERVAL_SECS", value_name = "SECS")]
+    pub reconcile_interval_secs: Option<u64>,
+    /// First retry delay (ms) of a port whose write Redis refused; doubles per refusal.
+    #[arg(long, env = "PORTSYNCD_REFUSAL_BACKOFF_MIN_MS", value_name = "MS")]
+    pub refusal_backoff_min_ms: Option<u64>,
+    /// Longest retry delay (ms) of a port whose write Redis refused.
+    #[arg(long, env = "PORTSYNCD_REFUSAL_BACKOFF_MAX_MS", value_name = "MS")]
+    pub refusal_backoff_max_ms: Option<u64>,
+    /// Deadline (ms) of every Redis call; past it the connection counts as lost.
+    #[arg(long, env = "PORTSYNCD_REDIS_TIMEOUT_MS", value_name = "MS")]
+    pub redis_timeout_ms: Option<u64>,
+    /// Seconds the event loop may stand still while changes are pending before it counts as a stall.
+    #[arg(long, env = "PORTSYNCD_STALL_WATCHDOG_SECS", value_name = "SECS")]
+    pub stall_watchdog_secs: Option<u64>,
     /// Test hook: ignore the initial dump's NLMSG_DONE so that the EOIU timeout path runs.
     #[arg(long, hide = true)]
     pub test_hold_eoiu: bool,
+    /// Test hook: every dump counts as still interrupted (NLM_F_DUMP_INTR) after its retries.
+    #[arg(long, hide = true)]
+    pub test_dump_intr: bool,
+    /// Test hook: sleep this long after initial sync, before attaching the capture.
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub test_pause_before_capture_secs: Option<u64>,
 }
 
 /// The optional TOML file. Same keys as the long flags.
@@ -122,6 +154,11 @@ struct FileConfig {
     histogram_interval_secs: Option<u64>,
     stats_file: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
+    reconcile_interval_secs: Option<u64>,
+    refusal_backoff_min_ms: Option<u64>,
+    refusal_backoff_max_ms: Option<u64>,
+    redis_timeout_ms: Option<u64>,
+    stall_watchdog_secs: Option<u64>,
 }
 
 /// How to reach Redis.
@@ -168,8 +205,22 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Interrupted-dump retry bound.
     pub dump_retries: u32,
+    /// Self-healing reconciliation period (`None`: off).
+    pub reconcile_interval: Option<Duration>,
+    /// Retry backoff of refused changes: first delay.
+    pub refusal_backoff_min: Duration,
+    /// Retry backoff of refused changes: longest delay.
+    pub refusal_backoff_max: Duration,
+    /// Deadline of every Redis call.
+    pub redis_timeout: Duration,
+    /// Stall watchdog threshold.
+    pub stall_watchdog: Duration,
     /// Test hook, see [`Args::test_hold_eoiu`].
     pub test_hold_eoiu: bool,
+    /// Test hook, see [`Args::test_dump_intr`].
+    pub test_dump_intr: bool,
+    /// Test hook, see [`Args::test_pause_before_capture_secs`].
+    pub test_pause_before_capture: Option<Duration>,
 }
 
 /// A configuration value that cannot be used.
@@ -215,6 +266,20 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        Self::merge(args, file)
+    }
+
+    /// [`from_args`](Self::from_args) with the config file's `text` given instead of read from
+    /// `args.config` (which, if set, only names it in errors): TOML parsing and every
+    /// validation, no I/O (the `config_toml` fuzz target drives it).
+    pub fn from_args_and_file_text(args: Args, text: &str) -> Result<Self, ConfigError> {
+        let path = args.config.clone().unwrap_or_default();
+        let file = toml::from_str(text).map_err(|source| ConfigError::ParseFile { path, source })?;
+        Self::merge(args, file)
+    }
+
+    /// Merges flags, file and defaults, then validates.
+    fn merge(args: Args, file: FileConfig) -> Result<Self, ConfigError> {
         let redis = match (args.redis.or(file.redis), args.database_config.or(file.database_config)) {
             (Some(url), None) => RedisTarget::Url(validate_redis_url(url)?),
             (None, Some(path)) => RedisTarget::DatabaseConfig(path),
@@ -269,6 +334,32 @@ impl Config {
         if state_file.file_name().is_none() {
             return Err(invalid("state_file", format!("{} names no file", state_file.display())));
         }
+        let reconcile_secs =
+            args.reconcile_interval_secs.or(file.reconcile_interval_secs).unwrap_or(DEFAULT_RECONCILE_INTERVAL_SECS);
+        if reconcile_secs > 86_400 {
+            return Err(invalid("reconcile_interval_secs", format!("{reconcile_secs} is more than 86400 (a day)")));
+        }
+        let backoff_min =
+            args.refusal_backoff_min_ms.or(file.refusal_backoff_min_ms).unwrap_or(DEFAULT_REFUSAL_BACKOFF_MIN_MS);
+        if !(1..=60_000).contains(&backoff_min) {
+            return Err(invalid("refusal_backoff_min_ms", format!("{backoff_min} is not in 1..=60000")));
+        }
+        let backoff_max =
+            args.refusal_backoff_max_ms.or(file.refusal_backoff_max_ms).unwrap_or(DEFAULT_REFUSAL_BACKOFF_MAX_MS);
+        if backoff_max < backoff_min || backoff_max > 3_600_000 {
+            return Err(invalid(
+                "refusal_backoff_max_ms",
+                format!("{backoff_max} is not in refusal_backoff_min_ms ({backoff_min})..=3600000"),
+            ));
+        }
+        let redis_timeout = args.redis_timeout_ms.or(file.redis_timeout_ms).unwrap_or(DEFAULT_REDIS_TIMEOUT_MS);
+        if !(100..=600_000).contains(&redis_timeout) {
+            return Err(invalid("redis_timeout_ms", format!("{redis_timeout} is not in 100..=600000")));
+        }
+        let stall_secs = args.stall_watchdog_secs.or(file.stall_watchdog_secs).unwrap_or(DEFAULT_STALL_WATCHDOG_SECS);
+        if !(1..=3600).contains(&stall_secs) {
+            return Err(invalid("stall_watchdog_secs", format!("{stall_secs} is not in 1..=3600")));
+        }
         Ok(Self {
             redis,
             capture: args.capture.or(file.capture).unwrap_or(CaptureMode::Auto),
@@ -286,7 +377,14 @@ impl Config {
             stats_file: args.stats_file.or(file.stats_file),
             metrics_addr,
             dump_retries: DEFAULT_DUMP_RETRIES,
+            reconcile_interval: (reconcile_secs > 0).then(|| Duration::from_secs(reconcile_secs)),
+            refusal_backoff_min: Duration::from_millis(backoff_min),
+            refusal_backoff_max: Duration::from_millis(backoff_max),
+            redis_timeout: Duration::from_millis(redis_timeout),
+            stall_watchdog: Duration::from_secs(stall_secs),
             test_hold_eoiu: args.test_hold_eoiu,
+            test_dump_intr: args.test_dump_intr,
+            test_pause_before_capture: args.test_pause_before_capture_secs.map(Duration::from_secs),
         })
     }
 }
@@ -322,6 +420,30 @@ mod tests {
         assert_eq!(c.eoiu_timeout, Duration::from_secs(10));
         assert_eq!(c.rcvbuf, 16 * 1024 * 1024);
         assert_eq!(c.capture, CaptureMode::Auto);
+        assert_eq!(c.reconcile_interval, Some(Duration::from_secs(300)));
+        assert_eq!(
+            (c.refusal_backoff_min, c.refusal_backoff_max),
+            (Duration::from_millis(100), Duration::from_secs(30))
+        );
+        assert_eq!(c.redis_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn self_healing_and_refusal_settings_validate_and_zero_turns_reconciliation_off() {
+        let c = parse(&["--reconcile-interval-secs", "0", "--refusal-backoff-max-ms", "2000"]).unwrap();
+        assert_eq!(c.reconcile_interval, None);
+        assert_eq!(c.refusal_backoff_max, Duration::from_millis(2000));
+        for (argv, key) in [
+            (&["--refusal-backoff-min-ms", "500", "--refusal-backoff-max-ms", "100"][..], "refusal_backoff_max_ms"),
+            (&["--redis-timeout-ms", "10"][..], "redis_timeout_ms"),
+            (&["--stall-watchdog-secs", "0"][..], "stall_watchdog_secs"),
+            (&["--reconcile-interval-secs", "100000"][..], "reconcile_interval_secs"),
+        ] {
+            match parse(argv) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{argv:?}"),
+                other => panic!("{argv:?}: expected an error naming {key}, got {other:?}"),
+            }
+        }
     }
 
     #[test]

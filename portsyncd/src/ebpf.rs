@@ -36,6 +36,34 @@ fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portsyncd-ebpf.o"))
 }
 
+/// Checks that the embedded object is the `portsyncd-ebpf` build this binary expects: an ELF
+/// that parses, with our program and maps, and a filter map whose value is [`FilterConfig`].
+/// Run at start in every capture mode, so a broken build is found on every machine, not only
+/// on those where eBPF loads.
+pub fn verify_embedded_object() -> Result<(), EbpfError> {
+    verify_object(object())
+}
+
+fn verify_object(bytes: &[u8]) -> Result<(), EbpfError> {
+    let obj = aya_obj::Object::parse(bytes).map_err(|e| EbpfError::BadObject(format!("cannot parse it: {e}")))?;
+    if !obj.programs.contains_key(PROGRAM_NAME) {
+        return Err(EbpfError::BadObject(format!("no program `{PROGRAM_NAME}`")));
+    }
+    for map in [EVENTS_MAP, COUNTERS_MAP, FILTER_MAP] {
+        if !obj.maps.contains_key(map) {
+            return Err(EbpfError::BadObject(format!("no map `{map}`")));
+        }
+    }
+    let filter_value = obj.maps.get(FILTER_MAP).map_or(0, |m| m.value_size()) as usize;
+    if filter_value != size_of::<FilterConfig>() {
+        return Err(EbpfError::BadObject(format!(
+            "map `{FILTER_MAP}` holds {filter_value}-byte values, this binary's FilterConfig is {} bytes (stale object)",
+            size_of::<FilterConfig>()
+        )));
+    }
+    Ok(())
+}
+
 /// What to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EbpfConfig {
@@ -167,6 +195,10 @@ pub enum EbpfError {
     /// The embedded object could not be parsed or relocated.
     #[error("loading the embedded eBPF object failed")]
     Object(#[source] Box<aya::EbpfError>),
+    /// The embedded object is not a usable build of `portsyncd-ebpf` (a build problem, never a
+    /// reason to fall back to netlink).
+    #[error("the embedded eBPF object is unusable: {0} (rebuild it: cargo xtask build-ebpf)")]
+    BadObject(String),
     /// The object lacks a map or program this module expects (build mismatch).
     #[error("the embedded eBPF object has no {kind} `{name}`")]
     Missing {
@@ -613,6 +645,14 @@ mod tests {
     use portsyncd_common::{origin, present, RTM_DELLINK, RTM_NEWLINK};
 
     use super::*;
+
+    #[test]
+    fn the_embedded_object_is_verified_and_garbage_or_truncated_objects_are_refused() {
+        verify_embedded_object().expect("the object this build embedded");
+        assert!(matches!(verify_object(b"not an elf"), Err(EbpfError::BadObject(_))));
+        let obj = object();
+        assert!(matches!(verify_object(&obj[..obj.len() / 2]), Err(EbpfError::BadObject(_))));
+    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()

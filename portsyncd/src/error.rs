@@ -11,7 +11,7 @@ pub enum Error {
     Db(#[from] crate::sonic_db::SonicDbError),
     /// Redis at start-up.
     #[error(transparent)]
-    Redis(#[from] crate::writer::WriteError),
+    Redis(#[from] crate::redis_conn::WriteError),
     /// Netlink socket set-up.
     #[error(transparent)]
     Socket(#[from] crate::netlink::socket::SocketError),
@@ -27,6 +27,10 @@ pub enum Error {
     /// `--capture ebpf` and the program could not be loaded.
     #[error("eBPF capture required (--capture ebpf) but unavailable")]
     EbpfRequired(#[source] Box<crate::ebpf::EbpfError>),
+    /// The embedded eBPF object is broken, or eBPF failed for a reason that is not the host's
+    /// (a bug or a bad build: never hidden behind a netlink fallback).
+    #[error("eBPF capture is broken in this build")]
+    EbpfObject(#[source] Box<crate::ebpf::EbpfError>),
     /// The histogram log.
     #[error(transparent)]
     Latency(#[from] crate::metrics::latency::LatencyError),

@@ -3,7 +3,8 @@
 //! Data flows one way: [`source`] (eBPF ring buffer or netlink socket, plus the
 //! [`netlink::dump`] for initial sync and resync) -> [`batch`] (coalesce per port) ->
 //! [`reconcile`] (SONiC LinkSync rules, diff against what Redis already holds) ->
-//! [`writer`] (one pipelined round trip per batch). [`daemon`] wires the stages together;
+//! [`pipeline`] (when changes are written; refusals retried per port) -> [`writer`] (one
+//! pipelined round trip per batch, one reply per port). [`daemon`] wires the stages together;
 //! [`startup`] performs the C++ daemon's start-up sequence against CONFIG_DB/APPL_DB/STATE_DB.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,12 +17,16 @@ pub mod error;
 pub mod linksync;
 pub mod metrics;
 pub mod netlink;
+pub mod pipeline;
 pub mod producer;
 pub mod reconcile;
+pub mod redis_conn;
+pub mod selfheal;
 pub mod sonic_db;
 pub mod source;
 pub mod startup;
 pub mod warm_restart;
+pub mod watchdog;
 pub mod writer;
 
 pub use config::Config;

@@ -8,6 +8,7 @@ use portsyncd::config::{Args, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    portsyncd::daemon::hold_stop_signals();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))

@@ -1,6 +1,10 @@
 //! SONiC's ProducerStateTable protocol for APPL_DB `PORT_TABLE`: an atomic Lua script that adds
 //! the key to `PORT_TABLE_KEY_SET`, merges fields into `_PORT_TABLE:<key>` and publishes on
-//! `PORT_TABLE_CHANNEL@<db>` when a key was newly added, so orchagent's consumer pops it.
+//! `PORT_TABLE_CHANNEL@<db>` once for every key newly added, so orchagent's consumer pops it.
+//!
+//! One PUBLISH per new key, as swss-common's producer does, even when one call sets many keys:
+//! orchagent's Consumer pops at most one batch (128 keys by default) per notification, so fewer
+//! notifications than keys would leave keys in `PORT_TABLE_KEY_SET` that nobody pops.
 
 use redis::{Pipeline, Script};
 
@@ -15,14 +19,15 @@ for i = 3, #KEYS do
     local pairs_n = tonumber(ARGV[a])
     local key = ARGV[a + 1]
     a = a + 2
-    added = added + redis.call('SADD', KEYS[2], key)
+    local new = redis.call('SADD', KEYS[2], key)
     for _ = 1, pairs_n do
         redis.call('HSET', KEYS[i], ARGV[a], ARGV[a + 1])
         a = a + 2
     end
-end
-if added > 0 then
-    redis.call('PUBLISH', KEYS[1], 'G')
+    if new > 0 then
+        redis.call('PUBLISH', KEYS[1], 'G')
+        added = added + 1
+    end
 end
 return added
 "#;

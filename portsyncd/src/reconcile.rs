@@ -25,6 +25,15 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The port the operation is for.
+    pub fn port(&self) -> PortName {
+        match *self {
+            Op::Write { name, .. } | Op::Delete { name } => name,
+        }
+    }
+}
+
 /// The operations for one flush, with the change each came from.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -36,6 +45,15 @@ pub struct Plan {
     pub not_in_appl: Vec<PortName>,
 }
 
+/// Ports absent from a dump, see [`Reconciler::vanished`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Vanished {
+    /// Deleted while we were not listening: delete their rows.
+    pub delete: Vec<PortName>,
+    /// No proof their netdev is gone for good: rows kept.
+    pub keep: Vec<PortName>,
+}
+
 /// What portsyncd knows about Redis.
 #[derive(Debug, Default)]
 pub struct Reconciler {
@@ -44,6 +62,10 @@ pub struct Reconciler {
     /// Ports whose entry we published and did not delete. Survives [`Self::forget_redis`], so a
     /// port that vanished during an outage is still found and deleted by the resync.
     published: HashSet<PortName>,
+    /// Published ports whose row is known to describe a netdev of this kernel boot: written by
+    /// this process, or listed by a state file saved during this boot. Only these may be
+    /// deleted for being absent from a dump (see [`Self::vanished`]).
+    provable: HashSet<PortName>,
     appl_known: HashSet<PortName>,
     port_set: BTreeSet<String>,
     init_done: bool,
@@ -56,9 +78,27 @@ impl Reconciler {
     }
 
     /// Uses `baseline` as what STATE_DB holds (warm restart: the saved or verified state).
-    pub fn set_baseline(&mut self, baseline: HashMap<PortName, PortState>) {
+    /// `provable`: the baseline's ports whose netdevs are known to be of this boot.
+    pub fn set_baseline(&mut self, baseline: HashMap<PortName, PortState>, provable: &HashSet<PortName>) {
         self.published = baseline.keys().copied().collect();
+        self.provable = self.published.intersection(provable).copied().collect();
         self.written = baseline;
+    }
+
+    /// Forgets what we believe STATE_DB holds for `name` (its row drifted): the next change
+    /// for it is written even if it equals what we wrote before.
+    pub fn forget_port(&mut self, name: &PortName) {
+        self.written.remove(name);
+    }
+
+    /// What we believe STATE_DB holds from us for `name`.
+    pub fn written_state(&self, name: &PortName) -> Option<PortState> {
+        self.written.get(name).copied()
+    }
+
+    /// Ports we believe hold a row written by us.
+    pub fn written_ports(&self) -> impl Iterator<Item = &PortName> {
+        self.written.keys()
     }
 
     /// Forgets everything assumed about Redis (it may have restarted empty): the next flush
@@ -88,9 +128,11 @@ impl Reconciler {
                             continue;
                         }
                     }
+                    // Seen, as the C++ daemon erases it from g_portSet on the netlink message,
+                    // before (and whatever the outcome of) its STATE_DB write.
+                    self.port_set.remove(name.as_str());
                     if !p.delete_first && self.written.get(&name) == Some(&state) {
                         plan.unchanged.push(name);
-                        self.port_set.remove(name.as_str());
                         continue;
                     }
                     plan.ops.push((Op::Write { name, state, delete_first: p.delete_first }, p));
@@ -100,34 +142,59 @@ impl Reconciler {
         plan
     }
 
-    /// Records that Redis acknowledged `plan`.
+    /// Records that Redis acknowledged every op of `plan`.
     pub fn commit(&mut self, plan: &Plan) {
         for (op, _) in &plan.ops {
-            match *op {
-                Op::Write { name, state, .. } => {
-                    self.written.insert(name, state);
-                    self.published.insert(name);
-                    self.port_set.remove(name.as_str());
-                }
-                Op::Delete { name } => {
-                    self.written.remove(&name);
-                    self.published.remove(&name);
-                    // The netdev is gone; if it comes back, APPL_DB is checked again.
-                    self.appl_known.remove(&name);
-                }
+            self.commit_op(op);
+        }
+    }
+
+    /// Records that Redis acknowledged `op`.
+    pub fn commit_op(&mut self, op: &Op) {
+        match *op {
+            Op::Write { name, state, .. } => {
+                self.written.insert(name, state);
+                self.published.insert(name);
+                self.provable.insert(name);
+            }
+            Op::Delete { name } => {
+                self.written.remove(&name);
+                self.published.remove(&name);
+                self.provable.remove(&name);
+                // The netdev is gone; if it comes back, APPL_DB is checked again.
+                self.appl_known.remove(&name);
             }
         }
     }
 
-    /// Ports we hold state for that are absent from a full dump: deleted while we weren't
-    /// listening (overrun, restart).
-    pub fn vanished(&self, dumped: &HashSet<PortName>) -> Vec<PortName> {
-        self.published.iter().filter(|n| !dumped.contains(*n)).copied().collect()
+    /// Ports we hold state for that are absent from a complete, consistent dump, split into
+    /// those that may be deleted (their row is known to be of this boot, so the netdev really
+    /// went away) and those kept (a row restored from before a reboot, or of unknown origin:
+    /// its netdev may still be created; the C++ daemon deletes only on RTM_DELLINK).
+    pub fn vanished(&self, dumped: &HashSet<PortName>) -> Vanished {
+        let mut v = Vanished::default();
+        for n in self.published.iter().filter(|n| !dumped.contains(*n)) {
+            if self.provable.contains(n) {
+                v.delete.push(*n);
+            } else {
+                v.keep.push(*n);
+            }
+        }
+        v.delete.sort();
+        v.keep.sort();
+        v
     }
 
     /// `PortInitDone` is due: every configured port was seen and it was not sent yet.
     pub fn port_init_due(&self) -> bool {
         !self.init_done && self.port_set.is_empty()
+    }
+
+    /// Redis restarted empty and the configured ports were published again: wait for
+    /// `port_set` and send `PortInitDone` again, as orchagent will wait for it again.
+    pub fn restart_init(&mut self, port_set: BTreeSet<String>) {
+        self.port_set = port_set;
+        self.init_done = false;
     }
 
     /// Records that `PortInitDone` was written.
@@ -189,7 +256,7 @@ mod tests {
     fn unchanged_state_is_not_written_again_but_counts_as_seen() {
         let mut r = Reconciler::new(["Ethernet0".to_owned()].into());
         let present: HashSet<_> = [n("Ethernet0")].into();
-        r.set_baseline([(n("Ethernet0"), set(true, 9100).state.unwrap())].into());
+        r.set_baseline([(n("Ethernet0"), set(true, 9100).state.unwrap())].into(), &HashSet::new());
         let plan = r.plan([(n("Ethernet0"), set(true, 9100))].into(), &present);
         assert!(plan.ops.is_empty());
         assert_eq!(plan.unchanged, [n("Ethernet0")]);
@@ -218,14 +285,16 @@ mod tests {
     #[test]
     fn vanished_ports_and_forget_redis() {
         let mut r = Reconciler::new(BTreeSet::new());
+        let all: HashSet<_> = [n("Ethernet0"), n("Ethernet4")].into();
         r.set_baseline(
             [(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())].into(),
+            &all,
         );
-        assert_eq!(r.vanished(&[n("Ethernet0")].into()), [n("Ethernet4")]);
+        assert_eq!(r.vanished(&[n("Ethernet0")].into()).delete, [n("Ethernet4")]);
         r.forget_redis();
         assert!(r.written().is_empty());
         // What we published is still known, so a port that vanished during an outage is found.
-        assert_eq!(r.vanished(&[n("Ethernet0")].into()), [n("Ethernet4")]);
+        assert_eq!(r.vanished(&[n("Ethernet0")].into()).delete, [n("Ethernet4")]);
         // After forgetting, even an identical state is written again.
         let plan = r.plan([(n("Ethernet0"), set(true, 1))].into(), &[n("Ethernet0")].into());
         assert_eq!(plan.ops.len(), 1);
@@ -234,10 +303,35 @@ mod tests {
     #[test]
     fn delete_first_forces_a_write_even_when_unchanged() {
         let mut r = Reconciler::new(BTreeSet::new());
-        r.set_baseline([(n("Ethernet0"), set(true, 1).state.unwrap())].into());
+        r.set_baseline([(n("Ethernet0"), set(true, 1).state.unwrap())].into(), &HashSet::new());
         let mut p = set(true, 1);
         p.delete_first = true;
         let plan = r.plan([(n("Ethernet0"), p)].into(), &[n("Ethernet0")].into());
         assert!(matches!(plan.ops[0].0, Op::Write { delete_first: true, .. }));
+    }
+
+    #[test]
+    fn only_rows_known_to_be_of_this_boot_are_deleted_for_missing_from_a_dump() {
+        let mut r = Reconciler::new(BTreeSet::new());
+        // Restored rows (a system warm reboot, or STATE_DB read without a state file of this boot).
+        r.set_baseline(
+            [(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())].into(),
+            &[n("Ethernet4")].into(),
+        );
+        let v = r.vanished(&HashSet::new());
+        assert_eq!((v.delete, v.keep), (vec![n("Ethernet4")], vec![n("Ethernet0")]));
+        // Once we write Ethernet0 ourselves, its row is of this boot.
+        let plan = r.plan([(n("Ethernet0"), set(false, 1))].into(), &[n("Ethernet0")].into());
+        r.commit_op(&plan.ops[0].0);
+        assert_eq!(r.vanished(&HashSet::new()).delete, [n("Ethernet0"), n("Ethernet4")]);
+    }
+
+    #[test]
+    fn a_port_counts_as_seen_when_its_write_is_planned_whatever_the_outcome() {
+        let mut r = Reconciler::new(["Ethernet0".to_owned()].into());
+        let plan = r.plan([(n("Ethernet0"), set(true, 1))].into(), &[n("Ethernet0")].into());
+        assert_eq!(plan.ops.len(), 1);
+        // Not committed (Redis refused it), yet PortInitDone is not held back by it.
+        assert!(r.port_init_due());
     }
 }

@@ -8,7 +8,7 @@ use portsyncd_common::{origin, PortEvent};
 use crate::clock::monotonic_ns;
 use crate::ebpf::EbpfCapture;
 use crate::netlink::parse::{for_each_message, Message};
-use crate::netlink::socket::{is_overrun, NlSocket, RECV_BUF};
+use crate::netlink::socket::{grown_capacity, is_overrun, is_truncated, NlSocket, RECV_BUF};
 
 /// Reading events failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +36,22 @@ pub struct SourceCounters {
     pub enobufs: u64,
     /// Queued events dropped because a dump superseded them.
     pub superseded: u64,
+    /// Datagrams cut short by the receive buffer (MSG_TRUNC): a resync follows.
+    pub truncated: u64,
+    /// eBPF mode: link messages the filter passed to the socket although the ring had room
+    /// (it could not parse them), decoded here like any netlink message.
+    pub passed_through: u64,
 }
 
 /// What a drain found besides events.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
-    /// The kernel dropped notifications (`ENOBUFS`): state must be re-dumped.
+    /// The kernel dropped notifications (`ENOBUFS`) or a datagram was truncated: state must be
+    /// re-dumped.
     pub overrun: bool,
-    /// eBPF mode: the ring was full and messages came through the socket instead. Their order
-    /// relative to ring events is unknown, so state must be re-dumped too.
+    /// eBPF mode: the ring was full (its `ring_full` counter advanced) and messages came
+    /// through the socket instead. Their order relative to ring events is unknown, so state
+    /// must be re-dumped too.
     pub ring_overflow: bool,
 }
 
@@ -57,6 +64,8 @@ pub struct Source {
     /// eBPF mode: the socket only carries overflow, so it is read only after tokio reported it
     /// readable (saves a syscall per batch). Always true in netlink mode.
     socket_ready: bool,
+    /// The eBPF program's `ring_full` counter when last read.
+    ring_full_seen: u64,
     /// Running counters.
     pub counters: SourceCounters,
 }
@@ -64,7 +73,14 @@ pub struct Source {
 impl Source {
     /// A source on `sock`, with the eBPF capture attached to it if there is one.
     pub fn new(sock: NlSocket, ebpf: Option<EbpfCapture>) -> Self {
-        Self { sock, ebpf, buf: Vec::with_capacity(RECV_BUF), socket_ready: true, counters: SourceCounters::default() }
+        Self {
+            sock,
+            ebpf,
+            buf: Vec::with_capacity(RECV_BUF),
+            socket_ready: true,
+            ring_full_seen: 0,
+            counters: SourceCounters::default(),
+        }
     }
 
     /// The event socket (the eBPF filter attaches to it).
@@ -78,6 +94,7 @@ impl Source {
     pub fn attach_ebpf(&mut self, cap: EbpfCapture, out: &mut Vec<PortEvent>) -> Result<Drained, SourceError> {
         self.socket_ready = true;
         let drained = self.drain_now(out, usize::MAX)?;
+        self.ring_full_seen = cap.counters().map(|c| c.ring_full).unwrap_or(0);
         self.ebpf = Some(cap);
         Ok(drained)
     }
@@ -118,16 +135,25 @@ impl Source {
             self.counters.ring_events += ring.drain(out, room) as u64;
         }
         let ebpf_active = self.ebpf.is_some();
+        let mut socket_links = 0u64;
         while out.len() < max && (self.socket_ready || !ebpf_active) {
             match self.sock.try_recv(&mut self.buf) {
-                Ok(Some(_)) => {
+                Ok(Some(len)) => {
                     self.counters.datagrams += 1;
+                    if is_truncated(len, &self.buf) {
+                        // The tail is lost: what it said is re-read by a dump.
+                        self.counters.truncated += 1;
+                        drained.overrun = true;
+                        tracing::warn!(len, buf = self.buf.capacity(), "netlink datagram truncated; re-dumping");
+                        self.buf = Vec::with_capacity(grown_capacity(len));
+                        continue;
+                    }
                     let ts = monotonic_ns();
                     let c = &mut self.counters;
                     for_each_message(&self.buf, origin::NETLINK, ts, |_, m| match m {
                         Message::Link(ev) => {
                             c.socket_events += 1;
-                            drained.ring_overflow |= ebpf_active;
+                            socket_links += 1;
                             out.push(ev);
                         }
                         Message::Malformed => c.malformed += 1,
@@ -144,6 +170,20 @@ impl Source {
                     drained.overrun = true;
                 }
                 Err(e) => return Err(SourceError::Socket(e)),
+            }
+        }
+        if socket_links > 0 {
+            if let Some(ring) = self.ebpf.as_ref() {
+                // The filter passes a link message to the socket when the ring is full (order
+                // vs the ring lost: resync) or when it cannot parse it (decoded above, in
+                // order with the socket's other messages: nothing lost).
+                let ring_full = ring.counters().map(|c| c.ring_full).unwrap_or(u64::MAX);
+                if ring_full != self.ring_full_seen {
+                    self.ring_full_seen = ring_full;
+                    drained.ring_overflow = true;
+                } else {
+                    self.counters.passed_through += socket_links;
+                }
             }
         }
         Ok(drained)

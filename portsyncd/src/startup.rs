@@ -4,16 +4,20 @@
 //! existed. Output: [`Startup`], the facts the event path needs.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::producer::ProducerStateTable;
+use crate::redis_conn::{DbConn, WriteError};
 use crate::sonic_db::{SonicDbs, APP_NAME, CFG_PORT_TABLE, DOCKER_NAME, PORT_CONFIG_DONE, PORT_TABLE};
-use crate::writer::{DbConn, WriteError};
 
 /// What start-up found.
 #[derive(Debug, Clone)]
 pub struct Startup {
     /// Warm start (restore_count was incremented).
     pub warm: bool,
+    /// `WARM_RESTART_ENABLE_TABLE|system` enable=true: a system warm reboot, Redis restored from
+    /// the previous boot's dump, netdevs still to be created by syncd.
+    pub system_warm: bool,
     /// The restore_count now in STATE_DB.
     pub restore_count: u64,
     /// CONFIG_DB DEVICE_METADATA|localhost switch_type (default `switch`).
@@ -25,11 +29,9 @@ pub struct Startup {
 }
 
 /// Runs the start-up sequence. Any Redis failure here is fatal, as in the C++ daemon.
-pub async fn run(dbs: &SonicDbs) -> Result<Startup, WriteError> {
-    let producer = ProducerStateTable::new(PORT_TABLE, dbs.appl.id);
-    let mut config = DbConn::new("CONFIG_DB", dbs.config.clone(), Vec::new());
-    let mut appl = DbConn::new("APPL_DB", dbs.appl.clone(), vec![producer.script().clone()]);
-    let mut state = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new());
+pub async fn run(dbs: &SonicDbs, timeout: Duration) -> Result<Startup, WriteError> {
+    let mut config = DbConn::new("CONFIG_DB", dbs.config.clone(), Vec::new(), timeout);
+    let mut state = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout);
 
     link_logger(&mut config, dbs).await?;
     let switch_type: Option<String> = config
@@ -39,22 +41,35 @@ pub async fn run(dbs: &SonicDbs) -> Result<Startup, WriteError> {
         )
         .await?;
     let switch_type = switch_type.unwrap_or_else(|| "switch".to_owned());
-    let (warm, restore_count) = check_warm_start(&mut state, dbs).await?;
+    let (warm, system_warm, restore_count) = check_warm_start(&mut state, dbs).await?;
 
-    let (ports, malformed_ports) = read_config_ports(&mut config, dbs).await?;
+    let (port_set, malformed_ports) =
+        if warm { (BTreeSet::new(), Vec::new()) } else { publish_port_config(dbs, &mut config, timeout).await? };
+    Ok(Startup { warm, system_warm, restore_count, switch_type, port_set, malformed_ports })
+}
+
+/// CONFIG_DB `PORT|*` -> APPL_DB `PORT_TABLE` through the producer protocol, then
+/// `PortConfigDone`: a cold start's publication, and again after redis-server restarted empty.
+/// Returns the ports to wait for before `PortInitDone` and the malformed entries skipped.
+pub async fn publish_port_config(
+    dbs: &SonicDbs,
+    config: &mut DbConn,
+    timeout: Duration,
+) -> Result<(BTreeSet<String>, Vec<String>), WriteError> {
+    let producer = ProducerStateTable::new(PORT_TABLE, dbs.appl.id);
+    let mut appl = DbConn::new("APPL_DB", dbs.appl.clone(), vec![producer.script().clone()], timeout);
+    let (ports, malformed_ports) = read_config_ports(config, dbs).await?;
     let mut port_set: BTreeSet<String> = ports.iter().map(|(k, _)| k.clone()).collect();
-    if !warm {
-        // Checked before our own writes: an entry orchagent pops from them a moment later must
-        // not read as a host interface of an earlier run.
-        prune_existing_host_interfaces(&mut appl, dbs, &mut port_set).await?;
-        let mut pipe = redis::pipe();
-        producer.add_set(&mut pipe, ports.iter().map(|(k, f)| (k.as_str(), f)));
-        let count = [("count".to_owned(), ports.len().to_string())];
-        producer.add_set(&mut pipe, [(PORT_CONFIG_DONE, &count[..])]);
-        appl.query::<redis::Value>("APPL_DB PORT_TABLE producer set", &pipe).await?;
-        tracing::info!(ports = ports.len(), "wrote CONFIG_DB ports and PortConfigDone to APPL_DB");
-    }
-    Ok(Startup { warm, restore_count, switch_type, port_set, malformed_ports })
+    // Checked before our own writes: an entry orchagent pops from them a moment later must
+    // not read as a host interface of an earlier run.
+    prune_existing_host_interfaces(&mut appl, dbs, &mut port_set).await?;
+    let mut pipe = redis::pipe();
+    producer.add_set(&mut pipe, ports.iter().map(|(k, f)| (k.as_str(), f)));
+    let count = [("count".to_owned(), ports.len().to_string())];
+    producer.add_set(&mut pipe, [(PORT_CONFIG_DONE, &count[..])]);
+    appl.query::<redis::Value>("APPL_DB PORT_TABLE producer set", &pipe).await?;
+    tracing::info!(ports = ports.len(), "wrote CONFIG_DB ports and PortConfigDone to APPL_DB");
+    Ok((port_set, malformed_ports))
 }
 
 /// CONFIG_DB `LOGGER|portsyncd`: if LOGLEVEL or LOGOUTPUT is missing, both are written.
@@ -78,8 +93,9 @@ async fn link_logger(config: &mut DbConn, dbs: &SonicDbs) -> Result<(), WriteErr
     Ok(())
 }
 
-/// swss-common `WarmStart::checkWarmStart("portsyncd", "swss")`.
-async fn check_warm_start(state: &mut DbConn, dbs: &SonicDbs) -> Result<(bool, u64), WriteError> {
+/// swss-common `WarmStart::checkWarmStart("portsyncd", "swss")`; also whether the system
+/// (not only swss) is warm-rebooting.
+async fn check_warm_start(state: &mut DbConn, dbs: &SonicDbs) -> Result<(bool, bool, u64), WriteError> {
     let mut pipe = redis::pipe();
     pipe.hget(dbs.state.key("WARM_RESTART_ENABLE_TABLE", "system"), "enable")
         .hget(dbs.state.key("WARM_RESTART_ENABLE_TABLE", DOCKER_NAME), "enable")
@@ -110,7 +126,7 @@ async fn check_warm_start(state: &mut DbConn, dbs: &SonicDbs) -> Result<(bool, u
     if warm {
         tracing::info!(restore_count = value, "{APP_NAME} doing warm start");
     }
-    Ok((warm, value))
+    Ok((warm, warm && system.as_deref() == Some("true"), value))
 }
 
 type FieldValues = Vec<(String, String)>;

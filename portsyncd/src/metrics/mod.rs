@@ -43,6 +43,29 @@ pub struct Counters {
     pub eoiu_timeouts: u64,
     /// Old interfaces set admin-down at a cold start.
     pub old_interfaces_down: u64,
+    /// Commands Redis refused (error replies: WRONGTYPE, MISCONF, OOM, ...); each is retried
+    /// for its port alone.
+    pub refusals: u64,
+    /// Self-healing reconciliations run.
+    pub reconciliations: u64,
+    /// Rows found drifted from what we wrote (deleted or altered by someone else) and rewritten.
+    pub repairs: u64,
+    /// Times the event loop stood still longer than the stall watchdog allows with changes pending.
+    pub stalls: u64,
+    /// Lua script reloads after NOSCRIPT.
+    pub script_reloads: u64,
+    /// Truncated netlink datagrams (each forces a resync).
+    pub truncated: u64,
+    /// Rows deleted because their port was absent from a complete dump of this boot.
+    pub vanished_deletes: u64,
+    /// Ports absent from a dump whose rows were kept for lack of proof (a dump not complete, or a
+    /// row not known to be of this boot).
+    pub vanished_kept: u64,
+    /// Dumps that were not complete (no NLMSG_DONE in time, or still interrupted): used to
+    /// update ports, never to delete them.
+    pub incomplete_dumps: u64,
+    /// redis-server restarts seen (its run_id changed): the start-up publication was redone.
+    pub redis_restarts: u64,
 }
 
 /// Writes `value` as JSON to `path` atomically (temp file + rename), so readers never see a

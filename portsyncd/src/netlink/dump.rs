@@ -10,7 +10,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use portsyncd_common::{origin, PortEvent};
 
 use super::parse::{for_each_message, Message};
-use super::socket::{NlSocket, SocketError, RECV_BUF};
+use super::socket::{grown_capacity, is_truncated, NlSocket, SocketError, RECV_BUF};
 use crate::clock::monotonic_ns;
 
 /// The dump could not be run.
@@ -46,6 +46,8 @@ pub struct DumpOptions {
     pub max_retries: u32,
     /// Test hook: ignore `NLMSG_DONE`, so that the timeout path runs.
     pub hold_done: bool,
+    /// Test hook: every attempt counts as interrupted, so the result is inconsistent.
+    pub force_intr: bool,
 }
 
 /// The result of a dump.
@@ -57,10 +59,19 @@ pub struct Dump {
     pub end: DumpEnd,
     /// Interrupted dumps that were repeated.
     pub intr_retries: u32,
-    /// Whether the returned dump itself was still flagged interrupted (retries exhausted).
+    /// Whether the returned dump itself was still flagged interrupted, or had a truncated
+    /// datagram (retries exhausted).
     pub inconsistent: bool,
     /// Wall time of the dump.
     pub elapsed: Duration,
+}
+
+impl Dump {
+    /// Ended by our `NLMSG_DONE` and consistent: every link that existed is in it, so a port
+    /// absent from it has no netdev. Only such a dump may justify a delete.
+    pub fn is_complete(&self) -> bool {
+        self.end == DumpEnd::Done && !self.inconsistent
+    }
 }
 
 /// Runs a link dump on a fresh socket.
@@ -76,6 +87,7 @@ pub async fn dump_links(opts: DumpOptions) -> Result<Dump, DumpError> {
         let mut intr = false;
         let attempt =
             tokio::time::timeout_at(deadline, one_dump(&sock, seq, opts.hold_done, &mut links, &mut intr)).await;
+        intr |= opts.force_intr;
         match attempt {
             Err(_elapsed) => {
                 return Ok(Dump {
@@ -164,7 +176,14 @@ async fn one_dump(
     sock.send(&request(seq)).await.map_err(DumpError::Io)?;
     let mut buf = Vec::with_capacity(RECV_BUF);
     loop {
-        sock.recv(&mut buf).await.map_err(DumpError::Io)?;
+        let len = sock.recv(&mut buf).await.map_err(DumpError::Io)?;
+        if is_truncated(len, &buf) {
+            // Entries were lost: the attempt cannot be complete; the next one gets a bigger buffer.
+            tracing::warn!(len, "link dump datagram truncated; the dump will be repeated");
+            *intr = true;
+            buf = Vec::with_capacity(grown_capacity(len));
+            continue;
+        }
         match feed(&buf, seq, sock.port_id(), hold_done, links, intr) {
             Progress::More => {}
             Progress::Done => return Ok(()),

@@ -82,14 +82,16 @@ impl NlSocket {
         }
     }
 
-    /// Waits for and receives one datagram into `buf` (cleared first). `ENOBUFS` (the kernel
-    /// dropped messages because the receive buffer was full) is returned as an error.
+    /// Waits for and receives one datagram into `buf` (cleared first). Returns the datagram's
+    /// real length: more than `buf.len()` means it was truncated (see [`is_truncated`]).
+    /// `ENOBUFS` (the kernel dropped messages because the receive buffer was full) is returned
+    /// as an error.
     pub async fn recv(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|s| {
                 buf.clear();
-                s.get_ref().recv(buf, 0)
+                s.get_ref().recv(buf, libc::MSG_TRUNC)
             }) {
                 Ok(res) => return res,
                 Err(_would_block) => continue,
@@ -105,10 +107,11 @@ impl NlSocket {
         Ok(())
     }
 
-    /// Receives one datagram if one is queued, without waiting.
+    /// Receives one datagram if one is queued, without waiting. Returns its real length, as
+    /// [`Self::recv`] does.
     pub fn try_recv(&self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
         buf.clear();
-        match self.fd.get_ref().recv(buf, libc::MSG_DONTWAIT) {
+        match self.fd.get_ref().recv(buf, libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -132,6 +135,17 @@ impl AsFd for NlSocket {
 /// Whether an error from [`NlSocket::recv`] means the kernel dropped notifications.
 pub fn is_overrun(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// Whether a datagram of real length `len` was cut to fit `buf` (MSG_TRUNC): its tail is lost.
+/// The caller grows `buf` to [`grown_capacity`] so the next one fits.
+pub fn is_truncated(len: usize, buf: &[u8]) -> bool {
+    len > buf.len()
+}
+
+/// The buffer capacity that holds a datagram of `len` bytes.
+pub fn grown_capacity(len: usize) -> usize {
+    len.next_power_of_two().max(RECV_BUF)
 }
 
 /// Receive buffer for one datagram: notifications are ~1-2 KiB, dump datagrams up to 32 KiB

@@ -8,8 +8,8 @@ pub mod state_file;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::linksync::{PortName, PortState};
+use crate::redis_conn::{DbConn, WriteError};
 use crate::sonic_db::{SonicDbs, PORT_TABLE};
-use crate::writer::{DbConn, WriteError};
 use state_file::PortRecord;
 
 /// The file's records as reconcile baseline.
@@ -46,13 +46,13 @@ pub fn records_from_state(
 pub async fn baseline_from_state_db(
     dbs: &SonicDbs,
     names: &[PortName],
+    timeout: std::time::Duration,
 ) -> Result<HashMap<PortName, PortState>, WriteError> {
-    let mut conn = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new());
-    let mut pipe = redis::pipe();
+    let mut conn = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout);
+    let mut found: Vec<Vec<String>> = Vec::new();
     for prefix in [crate::linksync::INTFS_PREFIX, crate::linksync::LAG_PREFIX] {
-        pipe.cmd("KEYS").arg(format!("{}*", dbs.state.key(PORT_TABLE, prefix)));
+        found.push(scan_keys(&mut conn, &format!("{}*", dbs.state.key(PORT_TABLE, prefix))).await?);
     }
-    let found: Vec<Vec<String>> = conn.query("KEYS STATE_DB PORT_TABLE", &pipe).await?;
     let key_prefix = dbs.state.key(PORT_TABLE, "");
     let mut all: std::collections::HashSet<PortName> = names.iter().copied().collect();
     all.extend(found.iter().flatten().filter_map(|k| PortName::new(k.strip_prefix(&key_prefix)?.as_bytes())));
@@ -73,7 +73,29 @@ pub async fn baseline_from_state_db(
     Ok(names.iter().zip(rows).filter_map(|(n, row)| Some((*n, parse_row(&row)?))).collect())
 }
 
-fn parse_row(row: &[Option<String>]) -> Option<PortState> {
+/// Every key matching `pattern`, by SCAN: unlike KEYS it does not block Redis for the whole
+/// keyspace at once.
+async fn scan_keys(conn: &mut DbConn, pattern: &str) -> Result<Vec<String>, WriteError> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = conn
+            .query_one(
+                "SCAN STATE_DB PORT_TABLE",
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000),
+            )
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// Our four fields of a STATE_DB row (`state`, `netdev_oper_status`, `admin_status`, `mtu`)
+/// as the state they describe; `None` unless all four are there and valid.
+pub fn parse_row(row: &[Option<String>]) -> Option<PortState> {
     let updown = |v: &Option<String>| match v.as_deref() {
         Some("up") => Some(true),
         Some("down") => Some(false),

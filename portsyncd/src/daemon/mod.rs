@@ -1,0 +1,537 @@
+//! The supervisor: start-up, the initial sync, capture selection, then the event loop
+//! source -> batch -> reconcile -> writer, with resync on loss, Redis-outage handling, the
+//! periodic self-healing reconciliation, state saves, exports, and signals honoured from the
+//! first instruction to the last.
+//!
+//! Where each step lives: [`sync`] (dumps, old interfaces, the warm baseline, which absent
+//! ports may be deleted, self-healing), [`crate::pipeline`] (when and how changes are written),
+//! [`stats`] (what is exported).
+
+mod stats;
+mod sync;
+
+use std::time::{Duration, Instant};
+
+use portsyncd_common::{origin, PortEvent};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::config::{CaptureMode, Config};
+use crate::ebpf::{EbpfCapture, EbpfConfig};
+use crate::error::Error;
+use crate::metrics::latency::{IntervalLog, LatencyRecorder};
+use crate::metrics::Counters;
+use crate::netlink::socket::NlSocket;
+use crate::pipeline::retry::Backoff;
+use crate::pipeline::Pipeline;
+use crate::reconcile::Reconciler;
+use crate::redis_conn::WriteError;
+use crate::sonic_db::SonicDbs;
+use crate::source::Source;
+use crate::startup::{self, Startup};
+use crate::warm_restart::metrics::WarmRestartMetrics;
+use crate::warm_restart::state_file::{StateFileConfig, StateStore};
+use crate::watchdog::{Heartbeat, Watchdog};
+use crate::writer::Writer;
+
+/// How often stats are refreshed and timers checked.
+const TICK: Duration = Duration::from_millis(200);
+/// Longest wait between reconnection attempts while Redis is unreachable.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
+/// Batches closer together than this are a storm, where `--batch-linger-us` applies.
+const STORM_GAP: Duration = Duration::from_millis(10);
+/// How long a final flush may take at shutdown.
+const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// After redis-server restarted, how often CONFIG_DB is checked for ports to publish again.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// EOIU status for the stats file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Eoiu {
+    Pending,
+    Seen,
+    Timeout,
+}
+
+/// SIGTERM/SIGINT (stop) and SIGUSR1 (percentiles), installed before anything else runs.
+#[derive(Debug)]
+struct Signals {
+    term: Signal,
+    int: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Error> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(Error::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(Error::Signal)?,
+            usr1: signal(SignalKind::user_defined1()).map_err(Error::Signal)?,
+        })
+    }
+
+    /// Resolves at SIGTERM or SIGINT.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+fn stop_signals() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set
+}
+
+/// Holds SIGTERM/SIGINT pending from the first instruction of `main` until [`run`] has its
+/// handlers installed: a stop request during start-up then ends the daemon with exit 0 instead
+/// of the default action. Call before any thread is spawned.
+pub fn hold_stop_signals() {
+    if let Err(e) = stop_signals().thread_block() {
+        eprintln!("portsyncd: cannot block SIGTERM/SIGINT during start-up: {e}");
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, which end it with `Ok` at any point, start-up included.
+pub async fn run(cfg: Config) -> Result<(), Error> {
+    let mut signals = Signals::install()?;
+    // Handlers are in place: a signal held since `hold_stop_signals` is delivered now.
+    stop_signals().thread_unblock().map_err(|e| Error::Signal(e.into()))?;
+    // A broken eBPF build is an error in every capture mode, not a silent netlink fallback.
+    crate::ebpf::verify_embedded_object().map_err(|e| Error::EbpfObject(Box::new(e)))?;
+    let mut d = tokio::select! {
+        biased;
+        _ = signals.stop() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+        d = Daemon::start(cfg) => d?,
+    };
+    d.event_loop(&mut signals).await
+}
+
+/// Chooses eBPF or netlink capture per `--capture`. `auto` falls back to netlink only for
+/// reasons of the host (privileges, kernel support, verifier); anything else is an error.
+fn select_capture(cfg: &Config, sock: &NlSocket) -> Result<(Option<EbpfCapture>, Option<String>), Error> {
+    use std::os::fd::AsFd;
+    if cfg.capture == CaptureMode::Netlink {
+        tracing::info!("capture mode: netlink (as configured)");
+        return Ok((None, None));
+    }
+    let ecfg = EbpfConfig { ring_bytes: cfg.ring_bytes, ..EbpfConfig::default() };
+    match EbpfCapture::attach(sock.as_fd(), &ecfg) {
+        Ok(cap) => {
+            tracing::info!(
+                load_us = cap.load_duration().as_micros() as u64,
+                ring_bytes = cfg.ring_bytes,
+                "capture mode: ebpf (socket filter attached)"
+            );
+            Ok((Some(cap), None))
+        }
+        Err(e) if cfg.capture == CaptureMode::Auto && e.is_unsupported() => {
+            let reason = format!("{e}");
+            tracing::warn!(reason = %reason, "capture mode: netlink (eBPF unavailable on this host)");
+            Ok((None, Some(reason)))
+        }
+        Err(e) if cfg.capture == CaptureMode::Auto => Err(Error::EbpfObject(Box::new(e))),
+        Err(e) => Err(Error::EbpfRequired(Box::new(e))),
+    }
+}
+
+/// Redis as the event loop sees it.
+#[derive(Debug)]
+struct RedisHealth {
+    /// Since when the connection is lost.
+    down_since: Option<Instant>,
+    /// Wait before the next reconnection attempt.
+    retry_backoff: Duration,
+    /// The server's run_id at start; a different one means it restarted.
+    run_id: String,
+    /// redis-server restarted: the CONFIG_DB ports are to be published again.
+    republish_pending: bool,
+}
+
+/// Capture as the exports report it.
+#[derive(Debug)]
+struct CaptureInfo {
+    mode: &'static str,
+    fallback_reason: Option<String>,
+}
+
+struct Daemon {
+    cfg: Config,
+    dbs: SonicDbs,
+    startup: Startup,
+    source: Source,
+    pipeline: Pipeline,
+    writer: Writer,
+    counters: Counters,
+    latency: LatencyRecorder,
+    hist_log: Option<IntervalLog>,
+    store: StateStore,
+    warm_metrics: WarmRestartMetrics,
+    old_ifindexes: std::collections::HashSet<u32>,
+    capture: CaptureInfo,
+    eoiu: Eoiu,
+    initial_sync_done: bool,
+    redis: RedisHealth,
+    need_resync: bool,
+    stats_dirty: bool,
+    prometheus: Option<tokio::sync::watch::Sender<String>>,
+    heartbeat: Heartbeat,
+    _watchdog: Watchdog,
+}
+
+impl Daemon {
+    /// Everything up to the event loop: Redis, the start-up sequence, the initial sync and the
+    /// capture. Cancel-safe: dropped at SIGTERM, it leaves nothing half-written that a restart
+    /// would not redo.
+    async fn start(cfg: Config) -> Result<Self, Error> {
+        let dbs = SonicDbs::resolve(&cfg.redis)?;
+        let mut writer = Writer::new(&dbs, cfg.redis_timeout);
+        // An unreachable Redis at start is fatal (one clear line from main), as in the C++ daemon.
+        writer.connect().await?;
+        let run_id = writer.run_id().await?;
+        let startup = startup::run(&dbs, cfg.redis_timeout).await?;
+        tracing::info!(
+            warm = startup.warm,
+            system_warm = startup.system_warm,
+            restore_count = startup.restore_count,
+            switch_type = %startup.switch_type,
+            ports = startup.port_set.len(),
+            "start-up sequence done"
+        );
+
+        // Subscribe before dumping, so nothing between the dump and the subscription is missed.
+        let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
+        tracing::info!(requested = cfg.rcvbuf, granted, "event socket joined RTNLGRP_LINK");
+        let (watchdog, heartbeat) = Watchdog::start(cfg.stall_watchdog);
+        let backoff = Backoff { min: cfg.refusal_backoff_min, max: cfg.refusal_backoff_max };
+        let mut d = Daemon {
+            counters: Counters::default(),
+            pipeline: Pipeline::new(Reconciler::new(startup.port_set.clone()), backoff),
+            latency: LatencyRecorder::new()?,
+            hist_log: match &cfg.histogram_log {
+                Some(p) => Some(IntervalLog::create(p, cfg.histogram_interval)?),
+                None => None,
+            },
+            store: StateStore::new(StateFileConfig {
+                path: cfg.state_file.clone(),
+                backups: cfg.state_backups,
+                max_age: cfg.state_max_age,
+            }),
+            warm_metrics: WarmRestartMetrics::default(),
+            source: Source::new(sock, None),
+            writer,
+            dbs,
+            startup,
+            old_ifindexes: Default::default(),
+            capture: CaptureInfo { mode: "netlink", fallback_reason: None },
+            eoiu: Eoiu::Pending,
+            initial_sync_done: false,
+            redis: RedisHealth {
+                down_since: None,
+                retry_backoff: Duration::from_millis(100),
+                run_id,
+                republish_pending: false,
+            },
+            need_resync: false,
+            stats_dirty: true,
+            prometheus: None,
+            heartbeat,
+            _watchdog: watchdog,
+            cfg,
+        };
+        if let Some(addr) = d.cfg.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::Metrics)?;
+            let (tx, rx) = tokio::sync::watch::channel(String::new());
+            tokio::spawn(crate::metrics::serve_prometheus(listener, rx));
+            d.prometheus = Some(tx);
+            tracing::info!(%addr, "serving Prometheus metrics");
+        }
+        // Initial sync first, on the netlink socket: loading and verifying the eBPF program takes
+        // tens of milliseconds that need not delay PortInitDone.
+        d.initial_sync().await?;
+        if let Some(pause) = d.cfg.test_pause_before_capture {
+            tracing::info!(secs = pause.as_secs(), "test hook: pausing before attaching the capture");
+            tokio::time::sleep(pause).await;
+        }
+        d.start_capture().await?;
+        d.initial_sync_done();
+        Ok(d)
+    }
+
+    /// Attaches the eBPF capture per `--capture` (after initial sync, see [`run`]); whatever the
+    /// socket queued before the filter took over is processed first.
+    async fn start_capture(&mut self) -> Result<(), Error> {
+        let (ebpf, reason) = select_capture(&self.cfg, self.source.socket())?;
+        self.capture.fallback_reason = reason;
+        if let Some(cap) = ebpf {
+            let mut events = Vec::new();
+            let drained = self.source.attach_ebpf(cap, &mut events)?;
+            self.capture.mode = "ebpf";
+            self.counters.events += events.len() as u64;
+            for ev in &events {
+                self.pipeline.coalescer.push(ev, &self.old_ifindexes);
+            }
+            if drained.overrun {
+                self.need_resync = true;
+            }
+            self.flush().await;
+        }
+        Ok(())
+    }
+
+    fn initial_sync_done(&mut self) {
+        self.initial_sync_done = true;
+        self.save_state(false);
+        self.write_stats();
+        notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("initial sync complete")]);
+    }
+
+    /// Writes what is pending and due, then `PortInitDone` when it is due. Never fails: a lost
+    /// connection keeps the changes for a retry.
+    async fn flush(&mut self) {
+        if self.redis.down_since.is_some() {
+            return;
+        }
+        let r = self
+            .pipeline
+            .flush(&mut self.writer, self.eoiu != Eoiu::Pending, Instant::now(), &mut self.counters, &mut self.latency)
+            .await;
+        self.stats_dirty = true;
+        match r {
+            Ok(()) => {}
+            Err(e) => self.redis_lost(e),
+        }
+    }
+
+    fn redis_lost(&mut self, e: WriteError) {
+        self.counters.redis_errors += 1;
+        if self.redis.down_since.is_none() {
+            tracing::error!(error = %e, source = ?std::error::Error::source(&e), "Redis unreachable; keeping changes and retrying");
+            self.redis.down_since = Some(Instant::now());
+            self.redis.retry_backoff = Duration::from_millis(100);
+        } else {
+            self.redis.retry_backoff = (self.redis.retry_backoff * 2).min(MAX_RETRY_BACKOFF);
+        }
+    }
+
+    /// While Redis is down: one probe per backoff step. Back up: if it is the same server, a
+    /// resync rewrites what may have been lost; if it restarted (new run_id), the start-up
+    /// publication is redone first.
+    async fn probe_redis(&mut self) {
+        let Some(since) = self.redis.down_since else { return };
+        match self.writer.run_id().await {
+            Ok(run_id) => {
+                self.redis.down_since = None;
+                self.redis.retry_backoff = Duration::from_millis(100);
+                self.counters.redis_reconnects = self.writer.reconnects();
+                let restarted = run_id != self.redis.run_id;
+                tracing::info!(
+                    down_ms = since.elapsed().as_millis() as u64,
+                    restarted,
+                    "Redis reachable again; resyncing every port"
+                );
+                // Redis may have lost writes (or everything): forget what we believed it held.
+                self.pipeline.reconciler.forget_redis();
+                self.need_resync = true;
+                if restarted {
+                    self.redis.run_id = run_id;
+                    self.counters.redis_restarts += 1;
+                    self.redis.republish_pending = !self.startup.warm;
+                }
+            }
+            Err(e) => self.redis_lost(e),
+        }
+    }
+
+    /// After a redis-server restart: CONFIG_DB's ports to APPL_DB and PortConfigDone again,
+    /// once CONFIG_DB holds ports (it may be reloaded after Redis comes back).
+    async fn republish(&mut self) {
+        let mut config =
+            crate::redis_conn::DbConn::new("CONFIG_DB", self.dbs.config.clone(), Vec::new(), self.cfg.redis_timeout);
+        let has_ports: Result<Vec<String>, _> = config
+            .query_one(
+                "KEYS PORT|*",
+                redis::cmd("KEYS").arg(format!("{}*", self.dbs.config.key(crate::sonic_db::CFG_PORT_TABLE, ""))),
+            )
+            .await;
+        match has_ports {
+            Ok(keys) if keys.is_empty() => {
+                tracing::debug!("redis-server restarted; CONFIG_DB has no ports yet");
+            }
+            Ok(_) => match startup::publish_port_config(&self.dbs, &mut config, self.cfg.redis_timeout).await {
+                Ok((port_set, _)) => {
+                    tracing::warn!(
+                        ports = port_set.len(),
+                        "redis-server restarted: published CONFIG_DB ports and PortConfigDone again"
+                    );
+                    self.pipeline.reconciler.restart_init(port_set);
+                    self.pipeline.reconciler.forget_redis();
+                    self.redis.republish_pending = false;
+                    self.need_resync = true;
+                }
+                Err(e) => self.redis_lost(e),
+            },
+            Err(e) => self.redis_lost(e),
+        }
+    }
+
+    async fn event_loop(&mut self, signals: &mut Signals) -> Result<(), Error> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut events: Vec<PortEvent> = Vec::with_capacity(self.cfg.batch_max);
+        let now = Instant::now();
+        let mut last_probe = now;
+        let mut last_batch = now;
+        let mut last_save = now;
+        let mut last_interval = now;
+        let mut last_reconcile = now;
+        let mut last_republish = now;
+        let watchdog = watchdog_interval();
+        let mut last_watchdog = now;
+        loop {
+            self.heartbeat.turn(self.pipeline.backlog());
+            tokio::select! {
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+                _ = signals.usr1.recv() => self.report_percentiles(),
+                r = self.source.next_batch(&mut events, self.cfg.batch_max) => {
+                    let mut drained = r?;
+                    // In a storm, a short wait gathers the next events into this batch: one
+                    // wake-up and one Redis round trip for several events instead of each.
+                    let storm = last_batch.elapsed() < STORM_GAP;
+                    last_batch = Instant::now();
+                    if storm && !self.cfg.batch_linger.is_zero() && events.len() < self.cfg.batch_max {
+                        tokio::time::sleep(self.cfg.batch_linger).await;
+                        let more = self.source.drain_now(&mut events, self.cfg.batch_max)?;
+                        drained.overrun |= more.overrun;
+                        drained.ring_overflow |= more.ring_overflow;
+                    }
+                    self.counters.events += events.len() as u64;
+                    let now = crate::clock::monotonic_ns();
+                    for ev in events.iter().filter(|e| e.origin == origin::EBPF) {
+                        self.latency.record_delivery_ns(ev.timestamp_ns, now);
+                    }
+                    for ev in &events {
+                        self.pipeline.coalescer.push(ev, &self.old_ifindexes);
+                    }
+                    events.clear();
+                    self.counters.enobufs = self.source.counters.enobufs;
+                    self.counters.truncated = self.source.counters.truncated;
+                    if drained.overrun {
+                        tracing::warn!("netlink overrun (ENOBUFS or truncation): notifications were lost; re-dumping");
+                        self.need_resync = true;
+                    }
+                    if drained.ring_overflow {
+                        self.counters.ring_overflows += 1;
+                        tracing::warn!("eBPF ring buffer was full; re-dumping");
+                        self.need_resync = true;
+                    }
+                    self.flush().await;
+                    // At once: events that came around a lost stretch may be applied out of order
+                    // until the dump corrects them.
+                    if self.need_resync && self.redis.down_since.is_none() && !self.redis.republish_pending {
+                        self.resync().await?;
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.redis.down_since.is_some() && last_probe.elapsed() >= self.redis.retry_backoff {
+                        last_probe = Instant::now();
+                        self.probe_redis().await;
+                    }
+                    if self.redis.republish_pending && self.redis.down_since.is_none()
+                        && last_republish.elapsed() >= REPUBLISH_EVERY
+                    {
+                        last_republish = Instant::now();
+                        self.republish().await;
+                    }
+                    if self.pipeline.next_retry().is_some_and(|t| t <= Instant::now()) {
+                        self.flush().await;
+                    }
+                    if self.need_resync && self.redis.down_since.is_none() && !self.redis.republish_pending {
+                        self.resync().await?;
+                    }
+                    if let Some(every) = self.cfg.reconcile_interval {
+                        if last_reconcile.elapsed() >= every && self.redis.down_since.is_none() {
+                            last_reconcile = Instant::now();
+                            self.self_heal().await?;
+                        }
+                    }
+                    if last_save.elapsed() >= self.cfg.state_save_interval {
+                        last_save = Instant::now();
+                        self.save_state(false);
+                    }
+                    if last_interval.elapsed() >= self.cfg.histogram_interval {
+                        last_interval = Instant::now();
+                        self.write_interval();
+                    }
+                    if let Some(w) = watchdog {
+                        if last_watchdog.elapsed() >= w {
+                            last_watchdog = Instant::now();
+                            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                        }
+                    }
+                    let stalls = self.heartbeat.stalls();
+                    if stalls != self.counters.stalls {
+                        self.counters.stalls = stalls;
+                        self.stats_dirty = true;
+                    }
+                    if self.stats_dirty {
+                        self.write_stats();
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// SIGTERM: drain what is queued, write it (bounded), save the state file, export.
+    async fn shutdown(&mut self) {
+        tracing::info!("shutting down");
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        let mut events = Vec::new();
+        if let Ok(d) = self.source.drain_now(&mut events, usize::MAX) {
+            self.need_resync |= d.overrun || d.ring_overflow;
+        }
+        for ev in &events {
+            self.pipeline.coalescer.push(ev, &self.old_ifindexes);
+        }
+        self.counters.events += events.len() as u64;
+        if tokio::time::timeout(SHUTDOWN_FLUSH_TIMEOUT, self.flush()).await.is_err() {
+            tracing::warn!("final flush timed out");
+        }
+        // Clean only if Redis holds everything we know and nothing was lost unseen.
+        let clean = self.pipeline.backlog() == 0 && self.redis.down_since.is_none() && !self.need_resync;
+        self.save_state(clean);
+        self.write_interval();
+        self.export_percentiles();
+        let s = self.latency.summary().latency_us;
+        tracing::info!(
+            count = s.count,
+            p50_us = s.p50,
+            p99_us = s.p99,
+            max_us = s.max,
+            "event-to-Redis latency over the run"
+        );
+        self.write_stats();
+    }
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::warn!(error = %e, "sd_notify failed");
+        }
+    }
+}
+
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    Some(Duration::from_micros(usec / 2))
+}

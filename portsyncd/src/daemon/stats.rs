@@ -1,0 +1,92 @@
+//! What the daemon exports: the JSON stats snapshot and Prometheus text, the warm-restart state
+//! file, the histogram interval log and the percentile table.
+
+use super::Daemon;
+use crate::metrics::write_json_atomic;
+use crate::warm_restart::records_from_state;
+
+impl Daemon {
+    pub(super) fn save_state(&mut self, clean: bool) {
+        let records = records_from_state(&self.pipeline.reconciler.written(), &self.pipeline.ifindexes);
+        match self.store.save(&records, clean, &mut self.warm_metrics) {
+            Ok(()) => tracing::debug!(ports = records.len(), clean, "state file saved"),
+            Err(e) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "cannot save the warm-restart state file")
+            }
+        }
+    }
+
+    pub(super) fn write_interval(&mut self) {
+        if let Some(log) = self.hist_log.as_mut() {
+            if let Err(e) = log.write_interval(&mut self.latency) {
+                tracing::warn!(error = %e, "cannot write the histogram interval log");
+            }
+        }
+    }
+
+    /// SIGUSR1: the whole-run percentile table, to the log and the histogram log.
+    pub(super) fn report_percentiles(&mut self) {
+        tracing::info!("event-to-Redis latency distribution:\n{}", self.latency.percentile_table());
+        self.export_percentiles();
+    }
+
+    pub(super) fn export_percentiles(&mut self) {
+        if let Some(log) = self.hist_log.as_mut() {
+            if let Err(e) = log.write_percentile_table(&self.latency).and_then(|()| log.flush()) {
+                tracing::warn!(error = %e, "cannot write the percentile table");
+            }
+        }
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let ebpf = self.source.ebpf().map(|c| {
+            let counters = c.counters().unwrap_or_default();
+            serde_json::json!({
+                "events": counters.events,
+                "ring_full": counters.ring_full,
+                "filtered": counters.filtered,
+                "parse_errors": counters.parse_errors,
+                "not_link": counters.not_link,
+                "load_us": c.load_duration().as_micros() as u64,
+            })
+        });
+        let mut counters = self.counters;
+        counters.script_reloads = self.writer.script_reloads();
+        serde_json::json!({
+            "capture_mode": self.capture.mode,
+            "capture_fallback_reason": self.capture.fallback_reason,
+            "warm_start": self.startup.warm,
+            "system_warm_start": self.startup.system_warm,
+            "restore_count": self.startup.restore_count,
+            "initial_sync_done": self.initial_sync_done,
+            "port_init_done": self.pipeline.reconciler.port_init_done(),
+            "unseen_ports": self.pipeline.reconciler.unseen_ports().len(),
+            "eoiu": self.eoiu,
+            "redis_up": self.redis.down_since.is_none(),
+            "pending_ports": self.pipeline.coalescer.len(),
+            "refused_ports": self.pipeline.retry.len(),
+            "counters": counters,
+            "source": self.source.counters,
+            "coalesce": self.pipeline.coalescer.stats,
+            "ebpf": ebpf,
+            "warm_restart": self.warm_metrics,
+            "latency": self.latency.summary(),
+        })
+    }
+
+    pub(super) fn write_stats(&mut self) {
+        self.stats_dirty = false;
+        if self.cfg.stats_file.is_none() && self.prometheus.is_none() {
+            return;
+        }
+        let snap = self.snapshot();
+        if let Some(tx) = &self.prometheus {
+            tx.send_replace(crate::metrics::prometheus_text(&snap));
+        }
+        if let Some(path) = &self.cfg.stats_file {
+            if let Err(e) = write_json_atomic(path, &snap) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write stats file");
+            }
+        }
+    }
+}
