@@ -133,7 +133,7 @@ fn select_capture(cfg: &Config, sock: &NlSocket) -> Result<(Option<EbpfCapture>,
         }
         Err(e) if cfg.capture == CaptureMode::Auto && e.is_unsupported() => {
             let reason = format!("{e}");
-            tracing::warn!(reason = %reason, "capture mode: netlink (eBPF unavailable on this host)");
+            tracing::warn!(reason = %reason, "capture mode: netlink (eBPF unavailable)");
             Ok((None, Some(reason)))
         }
         Err(e) if cfg.capture == CaptureMode::Auto => Err(Error::EbpfObject(Box::new(e))),
