@@ -137,8 +137,21 @@ impl PortStore for Writer {
             }
         }
         let replies = self.state.query_raw("STATE_DB PORT_TABLE writes", &pipe).await?;
+        // Every reply of an op is consumed (DEL + HSET give two) so the next op's stay aligned;
+        // the op is refused if any of its commands was.
         let mut it = replies.iter();
-        Ok(shape.into_iter().map(|n| it.by_ref().take(n).map(reply).fold(Ok(()), |acc, r| acc.and(r))).collect())
+        Ok(shape
+            .into_iter()
+            .map(|n| {
+                let mut outcome = Ok(());
+                for r in it.by_ref().take(n).map(reply) {
+                    if outcome.is_ok() {
+                        outcome = r;
+                    }
+                }
+                outcome
+            })
+            .collect())
     }
 
     async fn port_init_done(&mut self) -> Result<Reply, WriteError> {
