@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what portsyncd's demo, tests and benchmarks need on a fresh Debian 12 machine, as
-# root: redis-server, iproute2, capsh (libcap2-bin), and the eBPF toolchain (Debian rustc 1.96 +
-# rust-src, LLVM 22, bpf-linker). Idempotent: whatever is already present is left alone.
+# Installs what portsyncd's demo, tests, fuzzers and benchmarks need on a fresh Debian 12
+# machine, as root: redis-server, iproute2, capsh (libcap2-bin), g++ (libFuzzer), and the eBPF
+# toolchain (Debian rustc 1.96 + rust-src, LLVM 22, bpf-linker). Idempotent: whatever is already
+# present is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v ip >/dev/null || need+=(iproute2)
 command -v capsh >/dev/null || need+=(libcap2-bin)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v c++ >/dev/null || need+=(g++) # libFuzzer (fuzz/, `cargo xtask fuzz`)
 if [ ${#need[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need[*]}"
     apt-get update -qq

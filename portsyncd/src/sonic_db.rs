@@ -178,8 +178,14 @@ impl SonicDbs {
     pub fn from_database_config(path: &Path) -> Result<Self, SonicDbError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| SonicDbError::Read { path: path.to_owned(), source })?;
+        Self::from_database_config_text(path, &text)
+    }
+
+    /// [`from_database_config`](Self::from_database_config) on the file's text; `path` only
+    /// names the file in errors. No I/O (the `database_config` fuzz target drives it).
+    pub fn from_database_config_text(path: &Path, text: &str) -> Result<Self, SonicDbError> {
         let file: DatabaseConfigFile =
-            serde_json::from_str(&text).map_err(|source| SonicDbError::Parse { path: path.to_owned(), source })?;
+            serde_json::from_str(text).map_err(|source| SonicDbError::Parse { path: path.to_owned(), source })?;
         let layout = |reason: String| SonicDbError::Layout { path: path.to_owned(), reason };
         let loc = |db: Db| -> Result<DbLocation, SonicDbError> {
             let entry = file.databases.get(db.name()).ok_or_else(|| layout(format!("no DATABASES.{}", db.name())))?;

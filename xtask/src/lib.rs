@@ -31,7 +31,7 @@ pub fn on_path(prog: &str) -> bool {
 /// Runs `scripts/install-deps.sh` when something the tests, demo or bench need is missing.
 pub fn ensure_deps() -> anyhow::Result<()> {
     let missing: Vec<&str> =
-        ["redis-server", "ip", "capsh", "bpf-linker"].into_iter().filter(|p| !on_path(p)).collect();
+        ["redis-server", "ip", "capsh", "bpf-linker", "c++"].into_iter().filter(|p| !on_path(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

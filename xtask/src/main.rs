@@ -3,6 +3,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod fuzz;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,9 @@ enum Command {
     /// The main job: loopback redis-server, veth ports in a namespace, the daemon, a flap storm,
     /// the resulting STATE_DB table and the latency histogram (installs what is missing; root).
     Demo(demo::Options),
+    /// Fuzz the parsers of untrusted input (netlink, eBPF records, database_config.json, the
+    /// TOML config, the state file) for `--secs` each; fails on any crash.
+    Fuzz(fuzz::Options),
     /// Run the whole test suite (installs what is missing; needs root).
     Test(test::Options),
 }
@@ -34,6 +38,7 @@ fn main() {
         Command::Bench(o) => bench::run(o),
         Command::BuildEbpf(o) => build_ebpf::run(o),
         Command::Demo(o) => demo::run(o),
+        Command::Fuzz(o) => fuzz::run(o),
         Command::Test(o) => test::run_tests(o),
     };
     if let Err(e) = res {

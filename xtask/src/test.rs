@@ -1,7 +1,9 @@
 //! `cargo xtask test`: the whole suite, as CI runs it: installs what is missing, builds the
-//! eBPF object, checks formatting and clippy, runs the unit tests (the root-only ones included),
-//! then the end-to-end tests against real redis-server and real veth ports (root required; they
-//! fail loudly without it). Ends with one line totalling every test binary's result.
+//! eBPF object, checks formatting and clippy (the fuzz crate's too), runs the unit tests (the
+//! root-only ones included), then the end-to-end tests against real redis-server and real veth
+//! ports (root required; they fail loudly without it), then every fuzz target for a bounded
+//! time. Ends with one line totalling every test binary's result, each fuzz target counting as
+//! one test.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -21,6 +23,9 @@ pub struct Options {
     /// Only end-to-end tests whose name contains this.
     #[arg(long)]
     pub e2e_filter: Option<String>,
+    /// Seconds each fuzz target runs.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fuzz_secs: u64,
 }
 
 /// Passed/failed/ignored counts summed over `test result:` lines.
@@ -75,6 +80,10 @@ pub fn run_tests(opts: Options) -> anyhow::Result<()> {
     if !opts.no_lint {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        // The fuzz crate is a workspace of its own; its clippy shares the fuzz build's flags.
+        run(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
+        let host = crate::fuzz::host_triple()?;
+        run(crate::fuzz::fuzz_cargo("clippy", &host).args(["--all-targets", "--", "-D", "warnings"]))?;
     }
     let mut tally = Tally::default();
     // --include-ignored: the tests that need root and BPF run here, where we are root.
@@ -93,9 +102,35 @@ pub fn run_tests(opts: Options) -> anyhow::Result<()> {
         e2e.arg(format!("--test-threads={}", opts.e2e_threads));
         run_tests_counted(&mut e2e, &mut tally)
     });
+    // Whatever the tests did: the fuzzers need neither root nor Redis.
+    let fuzz = fuzz_counted(opts.fuzz_secs, &mut tally);
     // The closing line CI reads: one word with a colon, then the totals.
     println!("total: {} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
-    e2e
+    match (e2e, fuzz) {
+        (Err(tests), Err(fuzz)) => Err(anyhow::anyhow!("{tests:#}; {fuzz:#}")),
+        (tests, fuzz) => tests.and(fuzz),
+    }
+}
+
+/// Runs every fuzz target for `secs` seconds; each is one test, passed when it ran inputs and
+/// found no crash. A build failure fails them all.
+fn fuzz_counted(secs: u64, tally: &mut Tally) -> anyhow::Result<()> {
+    match crate::fuzz::run_targets(&crate::fuzz::Options { secs, target: None }) {
+        Ok(outcomes) => {
+            for o in &outcomes {
+                if o.passed() {
+                    tally.passed += 1;
+                } else {
+                    tally.failed += 1;
+                }
+            }
+            crate::fuzz::check(&outcomes)
+        }
+        Err(e) => {
+            tally.failed += crate::fuzz::TARGETS.len() as u64;
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -175,12 +175,17 @@ struct DocumentOut<'a> {
     ports: &'a BTreeMap<String, PortRecord>,
 }
 
-#[derive(Debug, Deserialize)]
-struct DocumentIn {
-    saved_at_unix_ms: u64,
-    clean_shutdown: bool,
-    boot_id: Option<String>,
-    ports: BTreeMap<String, PortRecord>,
+/// Document as read back (see [`parse_document`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DocumentIn {
+    /// When it was saved, Unix milliseconds by the saving host's clock.
+    pub saved_at_unix_ms: u64,
+    /// Written on SIGTERM after the last write was acknowledged.
+    pub clean_shutdown: bool,
+    /// The saving kernel's boot_id, if it was known.
+    pub boot_id: Option<String>,
+    /// Ports by name.
+    pub ports: BTreeMap<String, PortRecord>,
 }
 
 /// Read first so that another version's layout is reported as such, not as a parse error.
@@ -412,16 +417,8 @@ impl StateStore {
         metrics: &mut WarmRestartMetrics,
     ) -> Result<(), StateFileError> {
         create_private_dir(&self.dir).map_err(|source| StateFileError::CreateDir { path: self.dir.clone(), source })?;
-        let doc = DocumentOut {
-            version: STATE_FILE_VERSION,
-            saved_at_unix_ms: now_ms,
-            clean_shutdown,
-            boot_id: self.boot_id.as_deref(),
-            ports,
-        };
-        let mut body = serde_json::to_vec(&doc)
+        let body = encode_document(now_ms, clean_shutdown, self.boot_id.as_deref(), ports)
             .map_err(|source| StateFileError::Encode { path: self.cfg.path.clone(), source })?;
-        body.push(b'\n');
 
         // Link the old file into backups/ before replacing it, so that at every instant the
         // current name holds a complete document (the old one, then the new one).
@@ -583,6 +580,31 @@ impl StateStore {
     }
 }
 
+/// The bytes [`StateStore::save`] writes: one JSON document of the current version, newline
+/// terminated.
+pub fn encode_document(
+    saved_at_unix_ms: u64,
+    clean_shutdown: bool,
+    boot_id: Option<&str>,
+    ports: &BTreeMap<String, PortRecord>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let doc = DocumentOut { version: STATE_FILE_VERSION, saved_at_unix_ms, clean_shutdown, boot_id, ports };
+    let mut body = serde_json::to_vec(&doc)?;
+    body.push(b'\n');
+    Ok(body)
+}
+
+/// Judges a state file's contents as [`StateStore::load`] does once the file is read (size,
+/// version, fields, then age at `now_ms` Unix milliseconds against `max_age` and
+/// [`FUTURE_TOLERANCE`]): the document if it would be loaded, `None` if it would be set aside
+/// or removed. No I/O (the `state_file` fuzz target drives it).
+pub fn parse_document(body: &[u8], now_ms: u64, max_age: Duration) -> Option<DocumentIn> {
+    match judge(body, now_ms, max_age) {
+        Verdict::Usable(doc) => Some(doc),
+        Verdict::Absent | Verdict::Stale(_) | Verdict::Corrupt(_) => None,
+    }
+}
+
 /// Reads and judges one candidate. Opening with O_NONBLOCK keeps a FIFO at the path from
 /// blocking start-up; everything but a regular file is rejected before reading.
 fn examine(path: &Path, now_ms: u64, max_age: Duration) -> Verdict {
@@ -606,18 +628,23 @@ fn examine(path: &Path, now_ms: u64, max_age: Duration) -> Verdict {
     if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut body) {
         return Verdict::Corrupt(Rejection::Read(e));
     }
+    judge(&body, now_ms, max_age)
+}
+
+/// Judges one candidate's bytes.
+fn judge(body: &[u8], now_ms: u64, max_age: Duration) -> Verdict {
     if body.len() as u64 > MAX_FILE_BYTES {
         return Verdict::Corrupt(Rejection::TooLarge);
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Verdict::Corrupt(Rejection::Empty);
     }
-    match serde_json::from_slice::<VersionProbe>(&body) {
+    match serde_json::from_slice::<VersionProbe>(body) {
         Ok(p) if p.version == STATE_FILE_VERSION => {}
         Ok(p) => return Verdict::Corrupt(Rejection::UnknownVersion(p.version)),
         Err(e) => return Verdict::Corrupt(Rejection::Malformed(e)),
     }
-    let doc: DocumentIn = match serde_json::from_slice(&body) {
+    let doc: DocumentIn = match serde_json::from_slice(body) {
         Ok(d) => d,
         Err(e) => return Verdict::Corrupt(Rejection::Malformed(e)),
     };
