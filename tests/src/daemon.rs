@@ -410,6 +410,59 @@ impl Daemon {
         self.kill9()
     }
 
+    /// Sends `sig` to the daemon without waiting for anything.
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Sockets the process holds open (`socket:` entries in /proc/<pid>/fd): 0 until it first
+    /// connects to Redis, since the async runtime itself uses only epoll and eventfd.
+    pub fn socket_fds(&self) -> usize {
+        socket_fds_of(self.child.id())
+    }
+
+    /// Polls until `pred` holds for the daemon's log; panics on timeout or if the daemon exits
+    /// first, with the log tail.
+    pub fn wait_log(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            if pred(&self.log()) {
+                return;
+            }
+            if !self.is_running() {
+                panic!("portsyncd exited ({:?}) while waiting for {what} in its log\n{}", self.exit, self.log_tail(30));
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what} in the portsyncd log\n{}", self.log_tail(30));
+            }
+            std::thread::sleep(crate::poll::POLL_INTERVAL);
+        }
+    }
+
+    /// Polls `check` (any condition, e.g. on Redis or the kernel) until it returns `Ok`, like
+    /// [`crate::poll::wait_for`], but panics as soon as the daemon exits, with its status and
+    /// error lines, instead of waiting out the deadline.
+    pub fn wait_for<T>(&mut self, timeout: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+        let start = Instant::now();
+        loop {
+            let last = match check() {
+                Ok(v) => return v,
+                Err(last) => last,
+            };
+            if !self.is_running() {
+                panic!(
+                    "portsyncd exited ({:?}) while waiting for {what}\nlast seen: {last}\n--- log tail ---\n{}",
+                    self.exit,
+                    self.log_tail(20)
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out after {:.1} s waiting for: {what}\nlast seen: {last}", start.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(crate::poll::POLL_INTERVAL);
+        }
+    }
+
     /// SIGKILL (no clean-up by the daemon); returns the status.
     pub fn kill9(&mut self) -> ExitStatus {
         if let Some(st) = self.exit_status() {
@@ -430,6 +483,18 @@ impl Daemon {
         self.exit = st;
         st
     }
+}
+
+/// Sockets process `pid` holds open (`socket:` entries in /proc/<pid>/fd); 0 if it is gone.
+pub fn socket_fds_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| fs::read_link(e.path()).ok())
+                .filter(|t| t.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {

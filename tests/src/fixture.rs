@@ -40,6 +40,17 @@ impl Fixture {
         Fixture { daemon: None, orch, ns, redis, capture, ports }
     }
 
+    /// [`Fixture::new`] with the strict orchagent consumer ([`Orchagent::start_strict`]: one
+    /// pops of at most `batch` keys per PUBLISH) instead of the lenient one.
+    pub fn new_strict(capture: Capture, n: u32, batch: usize) -> Self {
+        crate::require_root();
+        let redis = RedisServer::start();
+        let ports = db::seed_config_ports(&redis, n);
+        let orch = Orchagent::start_strict(&redis, batch);
+        let ns = NetNs::new();
+        Fixture { daemon: None, orch, ns, redis, capture, ports }
+    }
+
     /// [`Fixture::new`] plus the daemon started with default options and ready.
     pub fn start(capture: Capture, n: u32) -> Self {
         let mut fx = Self::new(capture, n);

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod db;
 pub mod fixture;
+pub mod monitor;
 pub mod netns;
 pub mod orchagent;
 pub mod poll;
@@ -19,10 +20,11 @@ pub use db::{
     state_db_snapshot, wait_hash, wait_state_matches_kernel, DbSnapshot, DbValue, Hash, APPL_DB, CONFIG_DB, STATE_DB,
 };
 pub use fixture::Fixture;
+pub use monitor::{MonCmd, Monitor};
 pub use netns::{LinkState, NetNs};
 pub use orchagent::Orchagent;
 pub use poll::{wait_for, wait_until, wait_until_some, DEFAULT_TIMEOUT, STORM_TIMEOUT};
-pub use redis_server::RedisServer;
+pub use redis_server::{ClientInfo, Paused, RedisServer};
 pub use watch::KeyspaceWatcher;
 
 use std::path::PathBuf;

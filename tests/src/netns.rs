@@ -121,6 +121,29 @@ impl NetNs {
         );
     }
 
+    /// Starts `ip -n <ns> -batch -` on `lines` in the background (e.g. a storm the test injects
+    /// faults into); [`BatchChild::wait`] collects it. Lines are without the leading `ip`.
+    pub fn spawn_batch(&self, lines: Vec<String>) -> BatchChild {
+        let mut child = Command::new(ip_bin())
+            .arg("-n")
+            .arg(&self.name)
+            .args(["-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ip -batch: {e}"));
+        let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("ip -batch stdin"));
+        let n = lines.len();
+        // A writer thread: a long batch does not fit in the pipe buffer.
+        let writer = std::thread::spawn(move || {
+            let mut text = lines.join("\n");
+            text.push('\n');
+            stdin.write_all(text.as_bytes())
+        });
+        BatchChild { child: Some(child), writer: Some(writer), lines: n, ns: self.name.clone() }
+    }
+
     /// Runs a command inside the namespace (`ip netns exec <ns> ...`).
     pub fn exec(&self, argv: &[&str]) -> Output {
         Command::new(ip_bin())
@@ -206,6 +229,50 @@ done"#;
         match out {
             Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect(),
             Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A background `ip -batch` from [`NetNs::spawn_batch`]; killed on drop unless waited for.
+#[derive(Debug)]
+pub struct BatchChild {
+    child: Option<std::process::Child>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    lines: usize,
+    ns: String,
+}
+
+impl BatchChild {
+    /// Whether `ip` has exited.
+    pub fn is_finished(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// Waits for `ip` to finish; panics if it failed.
+    pub fn wait(mut self) {
+        let child = self.child.take().unwrap_or_else(|| panic!("ip -batch already collected"));
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("wait ip -batch: {e}"));
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        assert!(
+            out.status.success(),
+            "ip -n {} -batch failed ({} lines): {}",
+            self.ns,
+            self.lines,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for BatchChild {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
         }
     }
 }

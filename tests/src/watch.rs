@@ -46,6 +46,10 @@ impl KeyspaceWatcher {
                     return;
                 }
             };
+            if let Err(e) = crate::redis_server::set_client_name(&mut con, "e2e-watch") {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
             let mut sub = con.as_pubsub();
             if let Err(e) = sub.psubscribe(&channel).and_then(|_| sub.set_read_timeout(Some(Duration::from_millis(20))))
             {

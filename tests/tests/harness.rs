@@ -5,6 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::Duration;
 
+use portsyncd_e2e::monitor::{state_port_writes, Monitor};
 use portsyncd_e2e::netns::ip_bin;
 use portsyncd_e2e::orchagent::{CHANNEL, DEL_SET, KEY_SET};
 use portsyncd_e2e::{hgetall, wait_for, wait_until, KeyspaceWatcher, NetNs, Orchagent, RedisServer, APPL_DB, STATE_DB};
@@ -184,4 +185,104 @@ fn wait_for_panics_with_expectation_and_last_seen_value() {
     .unwrap_err();
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("the answer to be 42") && msg.contains("it was 41"), "{msg}");
+}
+
+/// Stages `keys` like the producer script and publishes `publishes` times.
+fn produce_keys(con: &mut redis::Connection, keys: &[String], publishes: usize) {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("SADD").arg(KEY_SET).arg(k).ignore();
+        pipe.cmd("HSET").arg(format!("_PORT_TABLE:{k}")).arg("f").arg("v").ignore();
+    }
+    for _ in 0..publishes {
+        pipe.cmd("PUBLISH").arg(CHANNEL).arg("G").ignore();
+    }
+    pipe.query::<()>(con).unwrap();
+}
+
+#[test]
+fn strict_orchagent_pops_at_most_batch_keys_once_per_publish_and_never_polls() {
+    let redis = RedisServer::start();
+    let orch = Orchagent::start_strict(&redis, 2);
+    let mut con = redis.conn(APPL_DB);
+    let keys: Vec<String> = (0..5).map(|i| format!("Ethernet{i}")).collect();
+    produce_keys(&mut con, &keys, 1);
+    wait_until(Duration::from_secs(5), "one pops call", || orch.pop_calls() == 1);
+    // No timer: nothing more happens without another PUBLISH.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((orch.notifications(), orch.pop_calls(), orch.pops()), (1, 1, 2));
+    assert_eq!(orch.pending(&redis).len(), 3);
+    produce_keys(&mut con, &[], 1);
+    wait_until(Duration::from_secs(5), "a second pops call", || orch.pop_calls() == 2);
+    assert_eq!(orch.pops(), 4);
+    assert_eq!(orch.pending(&redis).len(), 1);
+    let consumed = (0..5).filter(|i| !hgetall(&mut con, &format!("PORT_TABLE:Ethernet{i}")).is_empty()).count();
+    assert_eq!(consumed, 4);
+
+    // Keys pending when a consumer starts count as notifications (ConsumerStateTable's SCARD).
+    drop(orch);
+    let late = Orchagent::start_strict(&redis, 2);
+    wait_until(Duration::from_secs(5), "the pending key popped at start", || late.pops() == 1);
+    assert!(late.pending(&redis).is_empty());
+}
+
+#[test]
+fn redis_restart_with_seeds_before_clients_reconnect_on_the_same_socket_and_port() {
+    let mut redis = RedisServer::start();
+    let (socket, port, pid) = (redis.socket_path().to_path_buf(), redis.port(), redis.pid());
+    let mut con = redis.conn(STATE_DB);
+    redis::cmd("SET").arg("before").arg("1").query::<()>(&mut con).unwrap();
+    let seen_during_seed = std::cell::Cell::new(false);
+    redis.restart_with(|r| {
+        let mut c = r.conn(STATE_DB);
+        redis::cmd("SET").arg("seeded").arg("1").query::<()>(&mut c).unwrap();
+        // Clients of the canonical path cannot reach the new server yet.
+        seen_during_seed.set(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    });
+    assert!(!seen_during_seed.get(), "the canonical socket answered before seeding was done");
+    assert_eq!((redis.socket_path(), redis.port()), (socket.as_path(), port));
+    assert_ne!(redis.pid(), pid);
+    assert!(redis::cmd("GET").arg("before").query::<Option<String>>(&mut con).is_err(), "old connection must be dead");
+    let mut con = redis.conn(STATE_DB);
+    assert_eq!(redis::cmd("GET").arg("before").query::<Option<String>>(&mut con).unwrap(), None);
+    assert_eq!(redis::cmd("GET").arg("seeded").query::<Option<String>>(&mut con).unwrap().as_deref(), Some("1"));
+    let mut tcp =
+        redis::Client::open(format!("redis://127.0.0.1:{port}/{STATE_DB}")).unwrap().get_connection().unwrap();
+    assert_eq!(redis::cmd("GET").arg("seeded").query::<Option<String>>(&mut tcp).unwrap().as_deref(), Some("1"));
+    let old = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(!old, "the killed redis-server {pid} is still there");
+}
+
+#[test]
+fn kill_daemon_clients_kills_unnamed_connections_and_spares_the_harness() {
+    let redis = RedisServer::start();
+    let orch = Orchagent::start(&redis);
+    let mon = Monitor::start(&redis);
+    let mut stranger = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    redis::cmd("PING").query::<String>(&mut stranger).unwrap();
+    let mut mine = redis.conn(STATE_DB);
+    let killed = redis.kill_daemon_clients();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    assert_eq!(killed[0].name, "");
+    assert!(redis::cmd("PING").query::<String>(&mut stranger).is_err());
+    redis::cmd("HSET").arg("PORT_TABLE|Ethernet0").arg("mtu").arg("1").query::<()>(&mut mine).unwrap();
+    mon.sync(&redis);
+    assert_eq!(state_port_writes(&mon.commands()), [("HSET".to_owned(), "Ethernet0".to_owned())]);
+    assert!(orch.last_error().is_none(), "orchagent stand-in lost its connection: {:?}", orch.last_error());
+    assert!(redis.kill_daemon_clients().is_empty());
+}
+
+#[test]
+fn paused_redis_answers_again_when_the_guard_drops() {
+    let redis = RedisServer::start();
+    let paused = redis.pause();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let answered = client.get_connection_with_timeout(Duration::from_millis(300)).and_then(|mut con| {
+        con.set_read_timeout(Some(Duration::from_millis(300)))?;
+        redis::cmd("PING").query::<String>(&mut con)
+    });
+    assert!(answered.is_err(), "a stopped server must not answer: {answered:?}");
+    drop(paused);
+    let mut con = redis.conn(APPL_DB);
+    assert_eq!(redis::cmd("PING").query::<String>(&mut con).unwrap(), "PONG");
 }
