@@ -562,10 +562,12 @@ fn clean_state_file_from_another_boot_is_checked_against_state_db_netlink() {
     fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, |_| true);
 }
 
-/// Without any usable state file the baseline comes from STATE_DB alone; a netdev deleted while
-/// the daemon was down must still lose its row, or STATE_DB keeps a port the kernel no longer has.
+/// Without any usable state file the baseline comes from STATE_DB alone, and nothing proves its
+/// rows are of this boot (they could have been restored from before a reboot): a netdev deleted
+/// while the daemon was down keeps its row, as with the C++ daemon, which deletes only on
+/// RTM_DELLINK. The other rows are verified and not rewritten.
 #[test]
-fn port_deleted_while_down_is_removed_without_a_usable_state_file_netlink() {
+fn port_deleted_while_down_keeps_its_row_without_proof_of_boot_netlink() {
     let mode = Capture::Netlink;
     let work = work_dir();
     let mut fx = Fixture::new(mode, 4);
@@ -574,12 +576,16 @@ fn port_deleted_while_down_is_removed_without_a_usable_state_file_netlink() {
     std::fs::remove_dir_all(work.path().join("state")).expect("remove state dir");
     fx.ns.ip(&["link", "del", "Ethernet3"]);
     wait_kernel(&fx.ns, "Ethernet3 deleted", DEFAULT_TIMEOUT, |l| !l.contains_key("Ethernet3"));
+    let before = fx.state_entry("Ethernet3");
+    assert!(!before.is_empty(), "Ethernet3 had a row before the restart");
     enable_warm(&fx.redis);
     let (stats, _, _) = start_warm(&mut fx, opts(mode, work.path()));
     let present = port_names(0..3);
     fx.wait_state_matches_kernel(&present, DEFAULT_TIMEOUT, |_| true);
     assert_eq!(stats.counter("state_writes"), 0, "{}", stats_line(&stats));
-    fx.wait_state_absent("Ethernet3");
+    assert_eq!(stats.counter("state_deletes"), 0, "{}", stats_line(&stats));
+    assert!(stats.counter("vanished_kept") >= 1, "{}", stats_line(&stats));
+    assert_eq!(fx.state_entry("Ethernet3"), before, "no proof the netdev is gone for good: row kept");
     assert_warm_table_is_restore_count_1(&fx.redis);
 }
 

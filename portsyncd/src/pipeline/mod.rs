@@ -205,6 +205,9 @@ impl Pipeline {
         counters: &mut Counters,
     ) {
         counters.refusals += 1;
+        // What the row holds is unknown now (a refused DEL+HSET may have half-applied, and the
+        // key may be of the wrong type): the retry must write even a state equal to our last.
+        self.reconciler.forget_port(&name);
         let error = refusal.to_string();
         if let Some(w) = self.retry.refused(name, p, refusal, now) {
             tracing::warn!(
@@ -343,6 +346,25 @@ mod tests {
         assert_eq!(names(&s.0.applied[2]), ["Ethernet8"]);
         assert_eq!(p.backlog(), 0);
         assert_eq!(p.reconciler.written_state(&PortName::new(b"Ethernet8").unwrap()).map(|s| s.mtu), Some(9100));
+    }
+
+    #[test]
+    fn a_refused_port_flapping_back_to_its_last_written_state_is_still_written() {
+        let mut p = pipeline(&["Ethernet8"]);
+        let (mut c, mut l) = (Counters::default(), LatencyRecorder::new().unwrap());
+        let t0 = Instant::now();
+        let mut ok = Scripted::default();
+        push_up(&mut p, &["Ethernet8"]);
+        block_on(p.flush(&mut ok, true, t0, &mut c, &mut l)).unwrap();
+        // The row turns into a string; the flap's "down" is refused...
+        ok.apply.push_back(Ok(vec![Err(wrongtype())]));
+        p.coalescer.push(&ev(RTM_NEWLINK, 1, "Ethernet8", 0, 9100), &Default::default());
+        block_on(p.flush(&mut ok, true, t0, &mut c, &mut l)).unwrap();
+        // ...and its "up" equals what was written before: it must still be written at the retry.
+        push_up(&mut p, &["Ethernet8"]);
+        block_on(p.flush(&mut ok, true, t0 + Duration::from_millis(100), &mut c, &mut l)).unwrap();
+        assert_eq!(ok.applied.len(), 3, "the retry writes: {:?}", ok.applied);
+        assert_eq!(p.backlog(), 0);
     }
 
     #[test]
