@@ -132,6 +132,10 @@ pub struct Args {
     /// Test hook: sleep this long after initial sync, before attaching the capture.
     #[arg(long, hide = true, value_name = "SECS")]
     pub test_pause_before_capture_secs: Option<u64>,
+    /// Test hook: the event socket's first userspace receive buffer, in bytes, so that real
+    /// datagrams are truncated (MSG_TRUNC) until the daemon grows it.
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub test_recv_buf: Option<usize>,
 }
 
 /// The optional TOML file. Same keys as the long flags.
@@ -221,6 +225,8 @@ pub struct Config {
     pub test_dump_intr: bool,
     /// Test hook, see [`Args::test_pause_before_capture_secs`].
     pub test_pause_before_capture: Option<Duration>,
+    /// Test hook, see [`Args::test_recv_buf`].
+    pub test_recv_buf: Option<usize>,
 }
 
 /// A configuration value that cannot be used.
@@ -385,6 +391,7 @@ impl Config {
             test_hold_eoiu: args.test_hold_eoiu,
             test_dump_intr: args.test_dump_intr,
             test_pause_before_capture: args.test_pause_before_capture_secs.map(Duration::from_secs),
+            test_recv_buf: args.test_recv_buf,
         })
     }
 }

@@ -73,10 +73,15 @@ pub struct Source {
 impl Source {
     /// A source on `sock`, with the eBPF capture attached to it if there is one.
     pub fn new(sock: NlSocket, ebpf: Option<EbpfCapture>) -> Self {
+        Self::with_recv_buf(sock, ebpf, RECV_BUF)
+    }
+
+    /// As [`Self::new`], with a first receive buffer of `recv_buf` bytes (grown on truncation).
+    pub fn with_recv_buf(sock: NlSocket, ebpf: Option<EbpfCapture>, recv_buf: usize) -> Self {
         Self {
             sock,
             ebpf,
-            buf: Vec::with_capacity(RECV_BUF),
+            buf: Vec::with_capacity(recv_buf),
             socket_ready: true,
             ring_full_seen: 0,
             counters: SourceCounters::default(),

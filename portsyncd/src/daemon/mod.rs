@@ -224,7 +224,10 @@ impl Daemon {
                 max_age: cfg.state_max_age,
             }),
             warm_metrics: WarmRestartMetrics::default(),
-            source: Source::new(sock, None),
+            source: match cfg.test_recv_buf {
+                Some(bytes) => Source::with_recv_buf(sock, None, bytes),
+                None => Source::new(sock, None),
+            },
             writer,
             dbs,
             startup,
