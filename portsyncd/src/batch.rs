@@ -56,6 +56,18 @@ impl Coalescer {
     /// Folds one event in.
     pub fn push(&mut self, ev: &PortEvent, old_ifindexes: &HashSet<u32>) {
         self.stats.events += 1;
+        // SONiC INFO (tracing DEBUG): the C++ daemon logs this at NOTICE, once per message, which
+        // in a storm costs more than the write it describes.
+        tracing::debug!(
+            "nlmsg type:{} key:{} admin:{} oper:{} ifindex:{} master:{} flags:{}",
+            ev.msg_type,
+            String::from_utf8_lossy(ev.name_bytes()),
+            u8::from(ev.flags & portsyncd_common::IFF_UP != 0),
+            u8::from(ev.flags & portsyncd_common::IFF_RUNNING != 0),
+            ev.ifindex,
+            ev.master,
+            ev.flags
+        );
         let (name, state) = match classify(ev, old_ifindexes) {
             Verdict::Set { name, state } => (name, Some(state)),
             Verdict::Delete { name } => (name, None),

@@ -136,6 +136,9 @@ pub struct Args {
     /// datagrams are truncated (MSG_TRUNC) until the daemon grows it.
     #[arg(long, hide = true, value_name = "BYTES")]
     pub test_recv_buf: Option<usize>,
+    /// Test hook: the syslog socket (default /dev/log).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub test_syslog_socket: Option<PathBuf>,
 }
 
 /// The optional TOML file. Same keys as the long flags.

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod ebpf;
 pub mod error;
 pub mod linksync;
+pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod pipeline;

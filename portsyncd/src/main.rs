@@ -5,17 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portsyncd::config::{Args, Config};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     portsyncd::daemon::hold_stop_signals();
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        // supervisord sends stderr to syslog: escape codes only for a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // swss-common's defaults (NOTICE to syslog) until CONFIG_DB LOGGER|portsyncd is read.
+    portsyncd::logging::init_global(
+        args.test_syslog_socket.clone().unwrap_or_else(|| portsyncd::logging::DEFAULT_SYSLOG_SOCKET.into()),
+    );
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

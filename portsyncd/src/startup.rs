@@ -78,16 +78,15 @@ async fn link_logger(config: &mut DbConn, dbs: &SonicDbs) -> Result<(), WriteErr
     let mut pipe = redis::pipe();
     pipe.hget(&key, "LOGLEVEL").hget(&key, "LOGOUTPUT");
     let (level, output): (Option<String>, Option<String>) = config.query("HGET LOGGER", &pipe).await?;
-    if level.is_none() || output.is_none() {
+    let missing = level.is_none() || output.is_none();
+    let level = level.unwrap_or_else(|| "NOTICE".into());
+    let output = output.unwrap_or_else(|| "SYSLOG".into());
+    if let Some(c) = crate::logging::control() {
+        c.apply(Some(&level), Some(&output));
+    }
+    if missing {
         let mut pipe = redis::pipe();
-        pipe.hset_multiple(
-            &key,
-            &[
-                ("LOGLEVEL", level.unwrap_or_else(|| "NOTICE".into())),
-                ("LOGOUTPUT", output.unwrap_or_else(|| "SYSLOG".into())),
-            ],
-        )
-        .ignore();
+        pipe.hset_multiple(&key, &[("LOGLEVEL", level), ("LOGOUTPUT", output)]).ignore();
         config.query::<()>("HSET LOGGER", &pipe).await?;
     }
     Ok(())

@@ -53,12 +53,14 @@ enum Eoiu {
     Timeout,
 }
 
-/// SIGTERM/SIGINT (stop) and SIGUSR1 (percentiles), installed before anything else runs.
+/// SIGTERM/SIGINT (stop), SIGUSR1 (percentiles) and SIGHUP (re-read the log settings),
+/// installed before anything else runs.
 #[derive(Debug)]
 struct Signals {
     term: Signal,
     int: Signal,
     usr1: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -67,6 +69,7 @@ impl Signals {
             term: signal(SignalKind::terminate()).map_err(Error::Signal)?,
             int: signal(SignalKind::interrupt()).map_err(Error::Signal)?,
             usr1: signal(SignalKind::user_defined1()).map_err(Error::Signal)?,
+            hup: signal(SignalKind::hangup()).map_err(Error::Signal)?,
         })
     }
 
@@ -83,6 +86,7 @@ fn stop_signals() -> nix::sys::signal::SigSet {
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(nix::sys::signal::Signal::SIGTERM);
     set.add(nix::sys::signal::Signal::SIGINT);
+    set.add(nix::sys::signal::Signal::SIGHUP);
     set
 }
 
@@ -183,6 +187,8 @@ struct Daemon {
     prometheus: Option<tokio::sync::watch::Sender<String>>,
     heartbeat: Heartbeat,
     _watchdog: Watchdog,
+    /// SIGHUP: the CONFIG_DB LOGGER watcher re-reads the log settings.
+    log_refresh: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Daemon {
@@ -204,6 +210,9 @@ impl Daemon {
             ports = startup.port_set.len(),
             "start-up sequence done"
         );
+
+        let log_refresh = std::sync::Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(crate::logging::watch_config(dbs.config.clone(), cfg.redis_timeout, log_refresh.clone()));
 
         // Subscribe before dumping, so nothing between the dump and the subscription is missed.
         let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
@@ -246,6 +255,7 @@ impl Daemon {
             prometheus: None,
             heartbeat,
             _watchdog: watchdog,
+            log_refresh,
             cfg,
         };
         if let Some(addr) = d.cfg.metrics_addr {
@@ -345,7 +355,8 @@ impl Daemon {
                 if restarted {
                     self.redis.run_id = run_id;
                     self.counters.redis_restarts += 1;
-                    self.redis.republish_pending = !self.startup.warm;
+                    // Empty or not, a restarted server may lack APPL_DB's ports, warm start or not.
+                    self.redis.republish_pending = true;
                 }
             }
             Err(e) => self.redis_lost(e),
@@ -397,12 +408,14 @@ impl Daemon {
         let mut last_republish = now;
         let watchdog = watchdog_interval();
         let mut last_watchdog = now;
+        let mut last_log = crate::logging::control().map(|c| c.current());
         loop {
             self.heartbeat.turn(self.pipeline.backlog());
             tokio::select! {
                 _ = signals.term.recv() => break,
                 _ = signals.int.recv() => break,
                 _ = signals.usr1.recv() => self.report_percentiles(),
+                _ = signals.hup.recv() => self.log_refresh.notify_one(),
                 r = self.source.next_batch(&mut events, self.cfg.batch_max) => {
                     let mut drained = r?;
                     // In a storm, a short wait gathers the next events into this batch: one
@@ -478,6 +491,11 @@ impl Daemon {
                             last_watchdog = Instant::now();
                             notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                         }
+                    }
+                    let log = crate::logging::control().map(|c| c.current());
+                    if log != last_log {
+                        last_log = log;
+                        self.stats_dirty = true;
                     }
                     let stalls = self.heartbeat.stalls();
                     if stalls != self.counters.stalls {

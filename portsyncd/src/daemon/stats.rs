@@ -52,7 +52,11 @@ impl Daemon {
         });
         let mut counters = self.counters;
         counters.script_reloads = self.writer.script_reloads();
+        let log = crate::logging::control().map(|c| c.current());
         serde_json::json!({
+            "log_level": log.map(|l| l.0),
+            "log_output": log.map(|l| l.1),
+            "log_dropped": crate::logging::control().map(|c| c.dropped()),
             "capture_mode": self.capture.mode,
             "capture_fallback_reason": self.capture.fallback_reason,
             "warm_start": self.startup.warm,

@@ -174,14 +174,20 @@ impl Pipeline {
                     self.reconciler.commit_op(&op);
                     self.retry.succeeded(&name);
                     latency.record_latency_ns(p.first_ts, ack);
+                    // The C++ daemon's per-port NOTICE lines, in its words.
                     match op {
-                        Op::Write { .. } => {
+                        Op::Write { state, .. } => {
                             counters.state_writes += 1;
                             self.ifindexes.insert(name, p.ifindex);
+                            tracing::info!(
+                                "Publish {name}(ok:{}) to state db",
+                                if state.oper_up { "up" } else { "down" }
+                            );
                         }
                         Op::Delete { .. } => {
                             counters.state_deletes += 1;
                             self.ifindexes.remove(&name);
+                            tracing::info!("Delete {name}(ok) from state db");
                         }
                     }
                 }

@@ -1,0 +1,421 @@
+//! Logging the way swss-common's Logger does it: ident `portsyncd`, output SYSLOG (facility
+//! LOG_USER, no PID: swss-common calls no `openlog`, so glibc's defaults apply), STDOUT or
+//! STDERR, and a minimum level, both from CONFIG_DB `LOGGER|portsyncd` and both switchable at
+//! run time ([`LogControl::apply`]).
+//!
+//! SONiC has eight levels and tracing five, so SONiC's NOTICE (the default) is tracing's INFO,
+//! SONiC's INFO is tracing's DEBUG and SONiC's DEBUG is tracing's TRACE; EMERG..ERROR all show
+//! tracing's ERROR. A line's syslog priority follows the same map back.
+//!
+//! Developer override: with `RUST_LOG` set, lines go to stderr filtered by it, and CONFIG_DB's
+//! LOGGER settings are only recorded (SONiC never sets `RUST_LOG`).
+
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::level_filters::LevelFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// The syslog socket swss-common's `syslog(3)` writes to.
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+/// `LOG_USER`, glibc's facility when `openlog` was not called.
+const FACILITY_USER: u8 = 1 << 3;
+
+/// Where lines go (`LOGOUTPUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The syslog socket.
+    Syslog = 0,
+    /// Standard output.
+    Stdout = 1,
+    /// Standard error.
+    Stderr = 2,
+}
+
+impl Output {
+    /// SONiC's name → output; `None` for an invalid one.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "SYSLOG" => Some(Self::Syslog),
+            "STDOUT" => Some(Self::Stdout),
+            "STDERR" => Some(Self::Stderr),
+            _ => None,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Stdout,
+            2 => Self::Stderr,
+            _ => Self::Syslog,
+        }
+    }
+}
+
+/// SONiC's level names (`LOGLEVEL`), most severe first, as swss-common orders them.
+pub const LEVELS: [&str; 8] = ["EMERG", "ALERT", "CRIT", "ERROR", "WARN", "NOTICE", "INFO", "DEBUG"];
+
+/// The most verbose tracing level a SONiC level shows; `None` for an invalid name.
+pub fn level_filter(sonic: &str) -> Option<LevelFilter> {
+    Some(match sonic {
+        "EMERG" | "ALERT" | "CRIT" | "ERROR" => LevelFilter::ERROR,
+        "WARN" => LevelFilter::WARN,
+        "NOTICE" => LevelFilter::INFO,
+        "INFO" => LevelFilter::DEBUG,
+        "DEBUG" => LevelFilter::TRACE,
+        _ => return None,
+    })
+}
+
+/// The syslog severity of a tracing level (the map of [`level_filter`], backwards).
+pub fn severity(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 5,
+        Level::DEBUG => 6,
+        Level::TRACE => 7,
+    }
+}
+
+fn filter_to_u8(f: LevelFilter) -> u8 {
+    match f.into_level() {
+        None => 0,
+        Some(Level::ERROR) => 1,
+        Some(Level::WARN) => 2,
+        Some(Level::INFO) => 3,
+        Some(Level::DEBUG) => 4,
+        Some(Level::TRACE) => 5,
+    }
+}
+
+fn level_to_u8(l: &Level) -> u8 {
+    filter_to_u8(LevelFilter::from_level(*l))
+}
+
+#[derive(Debug)]
+struct Shared {
+    output: AtomicU8,
+    /// Most verbose level shown, as [`filter_to_u8`].
+    max_level: AtomicU8,
+    syslog_path: PathBuf,
+    syslog: Mutex<Option<UnixDatagram>>,
+    /// Syslog lines dropped because the syslog socket's queue was full.
+    dropped: std::sync::atomic::AtomicU64,
+    /// `RUST_LOG` rules: CONFIG_DB changes are recorded, not applied.
+    developer: bool,
+}
+
+/// Switches the output and level at run time.
+#[derive(Debug, Clone)]
+pub struct LogControl(Arc<Shared>);
+
+impl LogControl {
+    /// Applies CONFIG_DB `LOGGER|portsyncd`: invalid or missing values fall back to NOTICE and
+    /// SYSLOG with an ERROR line, as swss-common's do. Returns what is in force.
+    pub fn apply(&self, level: Option<&str>, output: Option<&str>) -> (LevelFilter, Output) {
+        let filter = match level.map(|l| (l, level_filter(l))) {
+            Some((_, Some(f))) => f,
+            Some((l, None)) => {
+                tracing::error!("Invalid loglevel. Setting to NOTICE. {l}");
+                LevelFilter::INFO
+            }
+            None => LevelFilter::INFO,
+        };
+        let out = match output.map(|o| (o, Output::parse(o))) {
+            Some((_, Some(o))) => o,
+            Some((o, None)) => {
+                tracing::error!("Invalid logoutput. Setting to SYSLOG. {o}");
+                Output::Syslog
+            }
+            None => Output::Syslog,
+        };
+        if self.0.developer {
+            tracing::debug!(?filter, ?out, "RUST_LOG is set: CONFIG_DB LOGGER settings recorded, not applied");
+            return (filter, out);
+        }
+        let old =
+            (self.0.max_level.swap(filter_to_u8(filter), Ordering::Relaxed), self.0.output.load(Ordering::Relaxed));
+        self.0.output.store(out as u8, Ordering::Relaxed);
+        if old != (filter_to_u8(filter), out as u8) {
+            tracing::info!(level = ?filter, output = ?out, "log settings applied from CONFIG_DB LOGGER|portsyncd");
+        }
+        (filter, out)
+    }
+}
+
+impl LogControl {
+    /// Syslog lines dropped so far because the syslog socket was full.
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The settings in force, as SONiC names them (the most verbose level name that maps onto
+    /// the current filter, e.g. `ERROR`, `NOTICE`, `DEBUG`).
+    pub fn current(&self) -> (&'static str, &'static str) {
+        let level = match self.0.max_level.load(Ordering::Relaxed) {
+            0 | 1 => "ERROR",
+            2 => "WARN",
+            3 => "NOTICE",
+            4 => "INFO",
+            _ => "DEBUG",
+        };
+        let output = match Output::from_u8(self.0.output.load(Ordering::Relaxed)) {
+            Output::Syslog => "SYSLOG",
+            Output::Stdout => "STDOUT",
+            Output::Stderr => "STDERR",
+        };
+        (level, output)
+    }
+}
+
+fn enabled(s: &Shared, meta: &Metadata<'_>, want: &[Output]) -> bool {
+    want.contains(&Output::from_u8(s.output.load(Ordering::Relaxed)))
+        && level_to_u8(meta.level()) <= s.max_level.load(Ordering::Relaxed)
+}
+
+/// Sends each line as one syslog datagram: `<PRI>portsyncd: message`.
+#[derive(Debug)]
+struct SyslogLine {
+    shared: Arc<Shared>,
+    pri: u8,
+    buf: Vec<u8>,
+}
+
+impl Write for SyslogLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine {
+    fn drop(&mut self) {
+        let msg = String::from_utf8_lossy(&self.buf);
+        let datagram = format!("<{}>{}: {}", self.pri, crate::sonic_db::APP_NAME, msg.trim_end());
+        let Ok(mut sock) = self.shared.syslog.lock() else { return };
+        for _ in 0..2 {
+            if sock.is_none() {
+                // Non-blocking: a syslog daemon that stops reading must never stall port sync.
+                *sock = UnixDatagram::unbound()
+                    .ok()
+                    .filter(|s| s.set_nonblocking(true).is_ok() && s.connect(&self.shared.syslog_path).is_ok());
+            }
+            match sock.as_ref().map(|s| s.send(datagram.as_bytes())) {
+                Some(Ok(_)) => return,
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // The syslog daemon restarted: reconnect once.
+                Some(Err(_)) => *sock = None,
+                None => return,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SyslogWriter(Arc<Shared>);
+
+impl<'a> MakeWriter<'a> for SyslogWriter {
+    type Writer = SyslogLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SyslogLine { shared: Arc::clone(&self.0), pri: FACILITY_USER | 5, buf: Vec::new() }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        SyslogLine { shared: Arc::clone(&self.0), pri: FACILITY_USER | severity(meta.level()), buf: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StdWriter(Arc<Shared>);
+
+/// stdout or stderr, whichever is in force.
+#[derive(Debug)]
+enum StdLine {
+    Out(std::io::Stdout),
+    Err(std::io::Stderr),
+}
+
+impl Write for StdLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            StdLine::Out(o) => o.write(b),
+            StdLine::Err(e) => e.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            StdLine::Out(o) => o.flush(),
+            StdLine::Err(e) => e.flush(),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for StdWriter {
+    type Writer = StdLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match Output::from_u8(self.0.output.load(Ordering::Relaxed)) {
+            Output::Stdout => StdLine::Out(std::io::stdout()),
+            _ => StdLine::Err(std::io::stderr()),
+        }
+    }
+}
+
+/// Installs the global subscriber: before CONFIG_DB is read, swss-common's defaults (NOTICE to
+/// SYSLOG), or the `RUST_LOG` developer override. `syslog_path`: the syslog socket.
+pub fn init(syslog_path: PathBuf) -> LogControl {
+    let developer = std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty());
+    let shared = Arc::new(Shared {
+        output: AtomicU8::new(if developer { Output::Stderr } else { Output::Syslog } as u8),
+        max_level: AtomicU8::new(filter_to_u8(if developer { LevelFilter::TRACE } else { LevelFilter::INFO })),
+        syslog_path,
+        syslog: Mutex::new(None),
+        dropped: Default::default(),
+        developer,
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let s1 = Arc::clone(&shared);
+    let syslog = tracing_subscriber::fmt::layer()
+        .without_time()
+        .with_level(false)
+        .with_target(false)
+        .with_ansi(false)
+        .with_writer(SyslogWriter(Arc::clone(&shared)))
+        .with_filter(FilterFn::new(move |m| enabled(&s1, m, &[Output::Syslog])));
+    let s2 = Arc::clone(&shared);
+    let std = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(StdWriter(Arc::clone(&shared)))
+        .with_filter(FilterFn::new(move |m| enabled(&s2, m, &[Output::Stdout, Output::Stderr])));
+    let env = developer.then(|| EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+    let _ = tracing_subscriber::registry().with(env).with(syslog).with(std).try_init();
+    LogControl(shared)
+}
+
+static CONTROL: std::sync::OnceLock<LogControl> = std::sync::OnceLock::new();
+
+/// The control installed by [`init_global`], if any (library users and unit tests have none).
+pub fn control() -> Option<&'static LogControl> {
+    CONTROL.get()
+}
+
+/// [`init`], keeping the control where start-up and the CONFIG_DB watcher find it.
+pub fn init_global(syslog_path: PathBuf) {
+    let _ = CONTROL.set(init(syslog_path));
+}
+
+/// Reads CONFIG_DB `LOGGER|portsyncd` and applies it.
+pub async fn refresh(config: &mut crate::redis_conn::DbConn, key: &str) -> Result<(), crate::redis_conn::WriteError> {
+    let mut pipe = redis::pipe();
+    pipe.hget(key, "LOGLEVEL").hget(key, "LOGOUTPUT");
+    let (level, output): (Option<String>, Option<String>) = config.query("HGET LOGGER", &pipe).await?;
+    if let Some(c) = control() {
+        c.apply(level.as_deref(), output.as_deref());
+    }
+    Ok(())
+}
+
+/// Applies CONFIG_DB `LOGGER|portsyncd` whenever it changes (its keyspace notifications, as
+/// swss-common's SubscriberStateTable listens: SONiC's Redis runs with `notify-keyspace-events`
+/// on) and whenever `manual` is notified (SIGHUP, for `require_manual_refresh`). Runs until the
+/// daemon ends; a lost connection is retried every second.
+pub async fn watch_config(
+    loc: crate::sonic_db::DbLocation,
+    timeout: std::time::Duration,
+    manual: Arc<tokio::sync::Notify>,
+) {
+    use futures_util::StreamExt;
+    let key = loc.key("LOGGER", crate::sonic_db::APP_NAME);
+    let channel = format!("__keyspace@{}__:{key}", loc.id);
+    let mut config = crate::redis_conn::DbConn::new("CONFIG_DB", loc.clone(), Vec::new(), timeout);
+    loop {
+        let pubsub = async {
+            let client = redis::Client::open(loc.info.clone())?;
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            redis::RedisResult::Ok(ps)
+        };
+        let mut ps = match tokio::time::timeout(timeout, pubsub).await {
+            Ok(Ok(ps)) => ps,
+            _ => {
+                // Redis is away; SIGHUP still re-reads once it is back.
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = manual.notified() => { let _ = refresh(&mut config, &key).await; }
+                }
+                continue;
+            }
+        };
+        // A change made while we were not subscribed.
+        let _ = refresh(&mut config, &key).await;
+        let mut messages = ps.on_message();
+        loop {
+            tokio::select! {
+                m = messages.next() => {
+                    if m.is_none() {
+                        break;
+                    }
+                }
+                _ = manual.notified() => tracing::info!("SIGHUP: re-reading CONFIG_DB LOGGER|portsyncd"),
+            }
+            if let Err(e) = refresh(&mut config, &key).await {
+                tracing::warn!(error = %e, "cannot read CONFIG_DB LOGGER|portsyncd");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sonic_levels_map_onto_tracing_and_back_to_syslog_severities() {
+        assert_eq!(level_filter("NOTICE"), Some(LevelFilter::INFO));
+        assert_eq!(level_filter("INFO"), Some(LevelFilter::DEBUG));
+        assert_eq!(level_filter("DEBUG"), Some(LevelFilter::TRACE));
+        for l in ["EMERG", "ALERT", "CRIT", "ERROR"] {
+            assert_eq!(level_filter(l), Some(LevelFilter::ERROR), "{l}");
+        }
+        assert_eq!(level_filter("debug"), None, "names are case-sensitive, as in swss-common");
+        // NOTICE lines (tracing INFO) go out as LOG_NOTICE, and so on.
+        assert_eq!(severity(&Level::INFO), 5);
+        assert_eq!(severity(&Level::ERROR), 3);
+        assert_eq!(severity(&Level::TRACE), 7);
+        assert!(LEVELS.iter().all(|l| level_filter(l).is_some()));
+    }
+
+    #[test]
+    fn invalid_values_fall_back_to_notice_and_syslog() {
+        let shared = Arc::new(Shared {
+            output: AtomicU8::new(Output::Stderr as u8),
+            max_level: AtomicU8::new(0),
+            syslog_path: PathBuf::from("/nonexistent"),
+            syslog: Mutex::new(None),
+            dropped: Default::default(),
+            developer: false,
+        });
+        let c = LogControl(shared);
+        assert_eq!(c.apply(Some("DEBUG"), Some("STDOUT")), (LevelFilter::TRACE, Output::Stdout));
+        assert_eq!(c.apply(Some("LOUD"), Some("PRINTER")), (LevelFilter::INFO, Output::Syslog));
+        assert_eq!(c.apply(None, None), (LevelFilter::INFO, Output::Syslog));
+    }
+}
