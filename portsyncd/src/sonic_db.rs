@@ -31,6 +31,8 @@ pub enum Db {
     Config,
     /// STATE_DB (id 6, `|`).
     State,
+    /// COUNTERS_DB (id 2, `:`): component stats.
+    Counters,
 }
 
 impl Db {
@@ -40,6 +42,7 @@ impl Db {
             Db::Appl => "APPL_DB",
             Db::Config => "CONFIG_DB",
             Db::State => "STATE_DB",
+            Db::Counters => "COUNTERS_DB",
         }
     }
 
@@ -48,12 +51,13 @@ impl Db {
             Db::Appl => 0,
             Db::Config => 4,
             Db::State => 6,
+            Db::Counters => 2,
         }
     }
 
     const fn standard_separator(self) -> char {
         match self {
-            Db::Appl => ':',
+            Db::Appl | Db::Counters => ':',
             Db::Config | Db::State => '|',
         }
     }
@@ -90,6 +94,8 @@ pub struct SonicDbs {
     pub config: DbLocation,
     /// STATE_DB.
     pub state: DbLocation,
+    /// COUNTERS_DB, where the component stats go; `None` when database_config.json has none.
+    pub counters: Option<DbLocation>,
 }
 
 /// database_config.json could not be used.
@@ -170,7 +176,12 @@ impl SonicDbs {
             id: db.standard_id(),
             separator: db.standard_separator(),
         };
-        Ok(Self { appl: loc(Db::Appl), config: loc(Db::Config), state: loc(Db::State) })
+        Ok(Self {
+            appl: loc(Db::Appl),
+            config: loc(Db::Config),
+            state: loc(Db::State),
+            counters: Some(loc(Db::Counters)),
+        })
     }
 
     /// Parses SONiC's database_config.json. Like swss-common, a unix socket is preferred over TCP
@@ -212,7 +223,13 @@ impl SonicDbs {
                 addr.into_connection_info().map_err(|e| layout(format!("instance `{}`: {e}", entry.instance)))?;
             Ok(DbLocation { info: with_db(info, entry.id), id: entry.id, separator })
         };
-        Ok(Self { appl: loc(Db::Appl)?, config: loc(Db::Config)?, state: loc(Db::State)? })
+        Ok(Self {
+            appl: loc(Db::Appl)?,
+            config: loc(Db::Config)?,
+            state: loc(Db::State)?,
+            // Optional: without it the daemon runs, and says its stats have nowhere to go.
+            counters: loc(Db::Counters).ok(),
+        })
     }
 }
 

@@ -302,10 +302,14 @@ pub fn is_consumer_script(c: &MonCmd) -> bool {
     matches!(c.name().as_str(), "EVAL" | "EVALSHA") && c.arg(3) == CONSUMER_KEY_SET
 }
 
+/// COUNTERS_DB id.
+const COUNTERS_DB: u32 = 2;
+
 /// Write commands the daemon sent (not counting those its scripts ran): everything written in
-/// the window except the orchagent stand-in's pops.
+/// the window except the orchagent stand-in's pops and COUNTERS_DB (component stats are
+/// statistics, not port state).
 pub fn daemon_writes(cmds: &[MonCmd]) -> Vec<&MonCmd> {
-    cmds.iter().filter(|c| !c.lua && c.is_write() && !is_consumer_script(c)).collect()
+    cmds.iter().filter(|c| !c.lua && c.db != COUNTERS_DB && c.is_write() && !is_consumer_script(c)).collect()
 }
 
 /// APPL_DB writes other than through the producer script (the daemon must make none).

@@ -41,6 +41,8 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 const STORM_GAP: Duration = Duration::from_millis(10);
 /// How long a final flush may take at shutdown.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// COUNTERS_DB component stats are written at most this often (SONiC's convention).
+const COUNTERS_DB_EVERY: Duration = Duration::from_secs(1);
 /// After redis-server restarted, how often CONFIG_DB is checked for ports to publish again.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(1);
 
@@ -189,6 +191,8 @@ struct Daemon {
     _watchdog: Watchdog,
     /// SIGHUP: the CONFIG_DB LOGGER watcher re-reads the log settings.
     log_refresh: std::sync::Arc<tokio::sync::Notify>,
+    /// COUNTERS_DB component stats, when database_config.json has a COUNTERS_DB.
+    counters_db: Option<crate::metrics::counters_db::CountersDbExport>,
 }
 
 impl Daemon {
@@ -218,6 +222,7 @@ impl Daemon {
         let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
         tracing::info!(requested = cfg.rcvbuf, granted, "event socket joined RTNLGRP_LINK");
         let (watchdog, heartbeat) = Watchdog::start(cfg.stall_watchdog);
+        let dbs_counters = dbs.counters.clone();
         let backoff = Backoff { min: cfg.refusal_backoff_min, max: cfg.refusal_backoff_max };
         let mut d = Daemon {
             counters: Counters::default(),
@@ -256,6 +261,13 @@ impl Daemon {
             heartbeat,
             _watchdog: watchdog,
             log_refresh,
+            counters_db: match &dbs_counters {
+                Some(loc) => Some(crate::metrics::counters_db::CountersDbExport::new(loc.clone(), cfg.redis_timeout)),
+                None => {
+                    tracing::warn!("database config has no COUNTERS_DB: component stats are not published");
+                    None
+                }
+            },
             cfg,
         };
         if let Some(addr) = d.cfg.metrics_addr {
@@ -409,6 +421,7 @@ impl Daemon {
         let watchdog = watchdog_interval();
         let mut last_watchdog = now;
         let mut last_log = crate::logging::control().map(|c| c.current());
+        let mut last_counters_db = now;
         loop {
             self.heartbeat.turn(self.pipeline.backlog());
             tokio::select! {
@@ -504,6 +517,10 @@ impl Daemon {
                     }
                     if self.stats_dirty {
                         self.write_stats();
+                    }
+                    if last_counters_db.elapsed() >= COUNTERS_DB_EVERY && self.redis.down_since.is_none() {
+                        last_counters_db = Instant::now();
+                        self.export_counters_db().await;
                     }
                 }
             }

@@ -38,7 +38,7 @@ impl Daemon {
         }
     }
 
-    fn snapshot(&self) -> serde_json::Value {
+    pub(super) fn snapshot(&self) -> serde_json::Value {
         let ebpf = self.source.ebpf().map(|c| {
             let counters = c.counters().unwrap_or_default();
             serde_json::json!({
@@ -76,6 +76,22 @@ impl Daemon {
             "warm_restart": self.warm_metrics,
             "latency": self.latency.summary(),
         })
+    }
+
+    /// COUNTERS_DB `PORTSYNCD_STATS:<entity>`: the entities that changed. Called at most once
+    /// a second. A failure is logged and retried at the next call; it never counts as Redis
+    /// being down for port state.
+    pub(super) async fn export_counters_db(&mut self) {
+        if self.counters_db.is_none() {
+            return;
+        }
+        let snap = self.snapshot();
+        if let Some(exp) = self.counters_db.as_mut() {
+            match exp.export(&snap).await {
+                Ok(n) => tracing::trace!(entities = n, "COUNTERS_DB stats written"),
+                Err(e) => tracing::debug!(error = %e, "cannot write COUNTERS_DB stats; next second"),
+            }
+        }
     }
 
     pub(super) fn write_stats(&mut self) {

@@ -1,6 +1,7 @@
 //! Counters of every stage, the JSON stats snapshot (`--stats-file`), and the opt-in Prometheus
 //! text endpoint. Latency and batch histograms live in [`latency`].
 
+pub mod counters_db;
 pub mod latency;
 
 use std::io::Write;
