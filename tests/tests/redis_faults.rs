@@ -79,14 +79,30 @@ fn scenario_sigstop(mode: Capture) {
 }
 
 fn scenario_kill_and_restart_empty(mode: Capture) {
+    kill_and_restart_empty(mode, true);
+}
+
+/// Nothing to write when Redis restarts: the once-a-second liveness check must notice.
+fn scenario_kill_and_restart_empty_idle(mode: Capture) {
+    kill_and_restart_empty(mode, false);
+}
+
+fn kill_and_restart_empty(mode: Capture, storm: bool) {
     const N: u32 = 64;
     let mut fx = start(mode, N);
-    during_storm(&mut fx, N, 3, |fx| {
-        // Empty, with CONFIG_DB back (as config reload would); APPL_DB is the daemon's job.
+    // Empty, with CONFIG_DB back (as config reload would); APPL_DB is the daemon's job.
+    let restart = |fx: &mut Fixture| {
         fx.redis.restart_with(|r| {
             seed_config_ports(r, N);
-        });
-    });
+        })
+    };
+    if storm {
+        during_storm(&mut fx, N, 3, restart);
+    } else {
+        fx.ns.batch(&storm_lines(N, 1));
+        fx.wait_state_matches_kernel(&fx.ports, RECOVERY, kernel_in_storm_final(N));
+        restart(&mut fx);
+    }
     let want: BTreeSet<String> = fx.ports.iter().cloned().chain(["PortConfigDone".to_owned()]).collect();
     let redis = &fx.redis;
     fx.daemon.as_mut().expect("daemon").wait_for(RECOVERY, "APPL_DB PORT_TABLE rebuilt after the restart", || {
@@ -134,5 +150,6 @@ fn scenario_client_kill(mode: Capture) {
 capture_tests! {
     scenario_sigstop => redis_sigstop_mid_storm_is_survived_netlink, redis_sigstop_mid_storm_is_survived_ebpf;
     scenario_kill_and_restart_empty => redis_restart_empty_mid_storm_rebuilds_appl_and_state_netlink, redis_restart_empty_mid_storm_rebuilds_appl_and_state_ebpf;
+    scenario_kill_and_restart_empty_idle => redis_restart_empty_while_idle_rebuilds_appl_and_state_netlink, redis_restart_empty_while_idle_rebuilds_appl_and_state_ebpf;
     scenario_client_kill => client_kill_three_times_during_flaps_is_survived_netlink, client_kill_three_times_during_flaps_is_survived_ebpf;
 }

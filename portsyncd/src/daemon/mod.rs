@@ -41,6 +41,8 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 const STORM_GAP: Duration = Duration::from_millis(10);
 /// How long a final flush may take at shutdown.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// While Redis is up, how often its run_id is checked (a restart is noticed even when idle).
+const REDIS_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// COUNTERS_DB component stats are written at most this often (SONiC's convention).
 const COUNTERS_DB_EVERY: Duration = Duration::from_secs(1);
 /// After redis-server restarted, how often CONFIG_DB is checked for ports to publish again.
@@ -345,17 +347,19 @@ impl Daemon {
         }
     }
 
-    /// While Redis is down: one probe per backoff step. Back up: if it is the same server, a
-    /// resync rewrites what may have been lost; if it restarted (new run_id), the start-up
-    /// publication is redone first.
-    async fn probe_redis(&mut self) {
-        let Some(since) = self.redis.down_since else { return };
+    /// While Redis is down: one probe per backoff step; while it is up: one liveness check a
+    /// second, so a restart is noticed even when nothing is being written. Back up (or found
+    /// restarted): a resync rewrites what may have been lost; after a restart (new run_id) the
+    /// start-up publication is redone first.
+    async fn check_redis(&mut self) {
         match self.writer.run_id().await {
             Ok(run_id) => {
-                self.redis.down_since = None;
+                let restarted = run_id != self.redis.run_id;
+                let Some(since) = self.redis.down_since.take().or(restarted.then(Instant::now)) else {
+                    return;
+                };
                 self.redis.retry_backoff = Duration::from_millis(100);
                 self.counters.redis_reconnects = self.writer.reconnects();
-                let restarted = run_id != self.redis.run_id;
                 tracing::info!(
                     down_ms = since.elapsed().as_millis() as u64,
                     restarted,
@@ -371,7 +375,8 @@ impl Daemon {
                     self.redis.republish_pending = true;
                 }
             }
-            Err(e) => self.redis_lost(e),
+            Err(e) if e.is_connection_lost() || self.redis.down_since.is_some() => self.redis_lost(e),
+            Err(e) => tracing::warn!(error = %e, "Redis liveness check refused"),
         }
     }
 
@@ -469,9 +474,10 @@ impl Daemon {
                     }
                 }
                 _ = tick.tick() => {
-                    if self.redis.down_since.is_some() && last_probe.elapsed() >= self.redis.retry_backoff {
+                    let probe_every = if self.redis.down_since.is_some() { self.redis.retry_backoff } else { REDIS_CHECK_EVERY };
+                    if last_probe.elapsed() >= probe_every {
                         last_probe = Instant::now();
-                        self.probe_redis().await;
+                        self.check_redis().await;
                     }
                     if self.redis.republish_pending && self.redis.down_since.is_none()
                         && last_republish.elapsed() >= REPUBLISH_EVERY
