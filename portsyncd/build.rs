@@ -44,10 +44,34 @@ fn run() -> Result<(), String> {
         None => build(&root)?,
     };
     check_elf(&object)?;
+    git_commit(&root);
     let dest = out_dir.join("portsyncd-ebpf.o");
     fs::copy(&object, &dest)
         .map_err(|e| format!("copying eBPF object {} to {}: {e}", object.display(), dest.display()))?;
     Ok(())
+}
+
+/// `PORTSYNCD_GIT_COMMIT` for `--version`: the commit the binary was built from ("unknown"
+/// outside a git checkout, "+dirty" with uncommitted changes is not tracked: the commit names
+/// what was reviewed).
+fn git_commit(root: &Path) {
+    let git = root.join(".git");
+    for f in ["HEAD", "packed-refs", "refs/heads"] {
+        if git.join(f).exists() {
+            println!("cargo:rerun-if-changed={}", git.join(f).display());
+        }
+    }
+    let commit = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=PORTSYNCD_GIT_COMMIT={commit}");
 }
 
 /// `EM_BPF` in an ELF header's `e_machine`.

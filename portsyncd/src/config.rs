@@ -136,6 +136,10 @@ pub struct Args {
     /// datagrams are truncated (MSG_TRUNC) until the daemon grows it.
     #[arg(long, hide = true, value_name = "BYTES")]
     pub test_recv_buf: Option<usize>,
+    /// Validate flags, environment and config file, print the effective settings, and exit
+    /// (0, or 1 with one error line naming the key).
+    #[arg(long)]
+    pub check_config: bool,
     /// Test hook: the syslog socket (default /dev/log).
     #[arg(long, hide = true, value_name = "PATH")]
     pub test_syslog_socket: Option<PathBuf>,

@@ -36,6 +36,12 @@ fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portsyncd-ebpf.o"))
 }
 
+/// SHA-256 of the embedded object, hex: names the exact kernel program in `--version`.
+pub fn embedded_object_sha256() -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(object()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Checks that the embedded object is the `portsyncd-ebpf` build this binary expects: an ELF
 /// that parses, with our program and maps, and a filter map whose value is [`FilterConfig`].
 /// Run at start in every capture mode, so a broken build is found on every machine, not only

@@ -3,12 +3,37 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use std::io::Write;
+
+use clap::{CommandFactory, FromArgMatches};
 use portsyncd::config::{Args, Config};
 
 fn main() -> ExitCode {
     portsyncd::daemon::hold_stop_signals();
-    let args = Args::parse();
+    // The long version names the commit and the exact kernel program embedded.
+    let version = format!(
+        "{} (commit {}, eBPF object sha256 {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("PORTSYNCD_GIT_COMMIT"),
+        portsyncd::ebpf::embedded_object_sha256()
+    );
+    let args = match Args::command().version(version).try_get_matches().and_then(|m| Args::from_arg_matches(&m)) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    if args.check_config {
+        return match Config::from_args(args) {
+            Ok(cfg) => {
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _ = writeln!(std::io::stdout(), "{cfg:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portsyncd: error: {:#}", anyhow::Error::from(e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     // swss-common's defaults (NOTICE to syslog) until CONFIG_DB LOGGER|portsyncd is read.
     portsyncd::logging::init_global(
         args.test_syslog_socket.clone().unwrap_or_else(|| portsyncd::logging::DEFAULT_SYSLOG_SOCKET.into()),

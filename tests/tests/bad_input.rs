@@ -53,6 +53,33 @@ fn invalid_flag_value_exits_2() {
 }
 
 #[test]
+fn check_config_prints_the_effective_settings_and_exits_0() {
+    let ns = NetNs::new();
+    let out = run(&ns, &["--check-config", "--redis", "redis://127.0.0.1:1", "--batch-max", "64"]);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "status {:?}, stderr:\n{}", out.status, out.stderr);
+    for setting in ["batch_max: 64", "reconcile_interval: Some(", "redis_timeout: 5s", "capture: Netlink"] {
+        assert!(out.stdout.contains(setting), "{setting:?} missing from:\n{}", out.stdout);
+    }
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_1() {
+    let ns = NetNs::new();
+    let out = run(&ns, &["--check-config", "--refusal-backoff-min-ms", "0"]);
+    assert_exit_1_with_one_error_line(&out, "refusal_backoff_min_ms");
+}
+
+#[test]
+fn version_names_the_commit_and_the_ebpf_object_hash() {
+    let ns = NetNs::new();
+    let out = Daemon::run_once(&ns, &["--version"], EXIT_DEADLINE);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "status {:?}, stderr:\n{}", out.status, out.stderr);
+    let hash = out.stdout.split("eBPF object sha256 ").nth(1).unwrap_or_default();
+    assert!(out.stdout.contains("(commit "), "{}", out.stdout);
+    assert!(hash.len() >= 64 && hash[..64].chars().all(|c| c.is_ascii_hexdigit()), "{}", out.stdout);
+}
+
+#[test]
 fn missing_database_config_exits_1_with_one_error_line() {
     let ns = NetNs::new();
     let path = "/nonexistent-psd-dir/database_config.json";
