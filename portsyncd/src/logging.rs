@@ -101,13 +101,24 @@ fn level_to_u8(l: &Level) -> u8 {
     filter_to_u8(LevelFilter::from_level(*l))
 }
 
+/// The syslog socket, and when connecting was last tried: with no syslog daemon (no socket),
+/// connecting is retried at most once per [`RECONNECT_EVERY`], not once per line.
+#[derive(Debug, Default)]
+struct Syslog {
+    sock: Option<UnixDatagram>,
+    last_try: Option<std::time::Instant>,
+}
+
+/// Least time between two attempts to connect to the syslog socket.
+const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug)]
 struct Shared {
     output: AtomicU8,
     /// Most verbose level shown, as [`filter_to_u8`].
     max_level: AtomicU8,
     syslog_path: PathBuf,
-    syslog: Mutex<Option<UnixDatagram>>,
+    syslog: Mutex<Syslog>,
     /// Syslog lines dropped because the syslog socket's queue was full.
     dropped: std::sync::atomic::AtomicU64,
     /// `RUST_LOG` rules: CONFIG_DB changes are recorded, not applied.
@@ -205,23 +216,32 @@ impl Drop for SyslogLine {
     fn drop(&mut self) {
         let msg = String::from_utf8_lossy(&self.buf);
         let datagram = format!("<{}>{}: {}", self.pri, crate::sonic_db::APP_NAME, msg.trim_end());
-        let Ok(mut sock) = self.shared.syslog.lock() else { return };
+        let Ok(mut syslog) = self.shared.syslog.lock() else { return };
         for _ in 0..2 {
-            if sock.is_none() {
+            if syslog.sock.is_none() {
+                let now = std::time::Instant::now();
+                if syslog.last_try.is_some_and(|t| now.duration_since(t) < RECONNECT_EVERY) {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                syslog.last_try = Some(now);
                 // Non-blocking: a syslog daemon that stops reading must never stall port sync.
-                *sock = UnixDatagram::unbound()
+                syslog.sock = UnixDatagram::unbound()
                     .ok()
                     .filter(|s| s.set_nonblocking(true).is_ok() && s.connect(&self.shared.syslog_path).is_ok());
             }
-            match sock.as_ref().map(|s| s.send(datagram.as_bytes())) {
+            match syslog.sock.as_ref().map(|s| s.send(datagram.as_bytes())) {
                 Some(Ok(_)) => return,
                 Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                // The syslog daemon restarted: reconnect once.
-                Some(Err(_)) => *sock = None,
-                None => return,
+                // The syslog daemon restarted: reconnect (rate-limited).
+                Some(Err(_)) => syslog.sock = None,
+                None => {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
         }
     }
@@ -287,7 +307,7 @@ pub fn init(syslog_path: PathBuf) -> LogControl {
         output: AtomicU8::new(if developer { Output::Stderr } else { Output::Syslog } as u8),
         max_level: AtomicU8::new(filter_to_u8(if developer { LevelFilter::TRACE } else { LevelFilter::INFO })),
         syslog_path,
-        syslog: Mutex::new(None),
+        syslog: Mutex::new(Syslog::default()),
         dropped: Default::default(),
         developer,
     });
@@ -404,12 +424,36 @@ mod tests {
     }
 
     #[test]
+    fn without_a_syslog_socket_lines_are_dropped_and_connecting_is_tried_once_a_second() {
+        let shared = Arc::new(Shared {
+            output: AtomicU8::new(Output::Syslog as u8),
+            max_level: AtomicU8::new(5),
+            syslog_path: PathBuf::from("/nonexistent-psd/log"),
+            syslog: Mutex::new(Syslog::default()),
+            dropped: Default::default(),
+            developer: false,
+        });
+        let w = SyslogWriter(Arc::clone(&shared));
+        let mut first_try = None;
+        for i in 0..50 {
+            let mut line = w.make_writer();
+            let _ = write!(line, "line {i}");
+            drop(line);
+            let t = shared.syslog.lock().unwrap().last_try;
+            assert!(t.is_some());
+            // One attempt, then none within the second.
+            assert_eq!(*first_try.get_or_insert(t), t, "line {i} tried to connect again");
+        }
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 50);
+    }
+
+    #[test]
     fn invalid_values_fall_back_to_notice_and_syslog() {
         let shared = Arc::new(Shared {
             output: AtomicU8::new(Output::Stderr as u8),
             max_level: AtomicU8::new(0),
             syslog_path: PathBuf::from("/nonexistent"),
-            syslog: Mutex::new(None),
+            syslog: Mutex::new(Syslog::default()),
             dropped: Default::default(),
             developer: false,
         });
