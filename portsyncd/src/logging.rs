@@ -423,16 +423,21 @@ mod tests {
         assert!(LEVELS.iter().all(|l| level_filter(l).is_some()));
     }
 
-    #[test]
-    fn without_a_syslog_socket_lines_are_dropped_and_connecting_is_tried_once_a_second() {
-        let shared = Arc::new(Shared {
-            output: AtomicU8::new(Output::Syslog as u8),
+    /// Shared state with no syslog daemon behind its socket path.
+    fn shared(output: Output) -> Arc<Shared> {
+        Arc::new(Shared {
+            output: AtomicU8::new(output as u8),
             max_level: AtomicU8::new(5),
             syslog_path: PathBuf::from("/nonexistent-psd/log"),
             syslog: Mutex::new(Syslog::default()),
             dropped: Default::default(),
             developer: false,
-        });
+        })
+    }
+
+    #[test]
+    fn without_a_syslog_socket_lines_are_dropped_and_connecting_is_tried_once_a_second() {
+        let shared = shared(Output::Syslog);
         let w = SyslogWriter(Arc::clone(&shared));
         let mut first_try = None;
         for i in 0..50 {
@@ -449,14 +454,7 @@ mod tests {
 
     #[test]
     fn invalid_values_fall_back_to_notice_and_syslog() {
-        let shared = Arc::new(Shared {
-            output: AtomicU8::new(Output::Stderr as u8),
-            max_level: AtomicU8::new(0),
-            syslog_path: PathBuf::from("/nonexistent"),
-            syslog: Mutex::new(Syslog::default()),
-            dropped: Default::default(),
-            developer: false,
-        });
+        let shared = shared(Output::Stderr);
         let c = LogControl(shared);
         assert_eq!(c.apply(Some("DEBUG"), Some("STDOUT")), (LevelFilter::TRACE, Output::Stdout));
         assert_eq!(c.apply(Some("LOUD"), Some("PRINTER")), (LevelFilter::INFO, Output::Syslog));
