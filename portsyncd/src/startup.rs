@@ -43,22 +43,31 @@ pub async fn run(dbs: &SonicDbs, timeout: Duration) -> Result<Startup, WriteErro
     let switch_type = switch_type.unwrap_or_else(|| "switch".to_owned());
     let (warm, system_warm, restore_count) = check_warm_start(&mut state, dbs).await?;
 
-    let (port_set, malformed_ports) =
-        if warm { (BTreeSet::new(), Vec::new()) } else { publish_port_config(dbs, &mut config, timeout).await? };
+    let (port_set, malformed_ports) = if warm {
+        (BTreeSet::new(), Vec::new())
+    } else {
+        publish_port_config(dbs, &mut config, timeout, false).await?.unwrap_or_default()
+    };
     Ok(Startup { warm, system_warm, restore_count, switch_type, port_set, malformed_ports })
 }
 
 /// CONFIG_DB `PORT|*` -> APPL_DB `PORT_TABLE` through the producer protocol, then
 /// `PortConfigDone`: a cold start's publication, and again after redis-server restarted empty.
-/// Returns the ports to wait for before `PortInitDone` and the malformed entries skipped.
+/// Returns the ports to wait for before `PortInitDone` and the malformed entries skipped;
+/// `None`, publishing nothing, when `require_ports` and CONFIG_DB holds no port yet (after a
+/// restart it may be reloaded later).
 pub async fn publish_port_config(
     dbs: &SonicDbs,
     config: &mut DbConn,
     timeout: Duration,
-) -> Result<(BTreeSet<String>, Vec<String>), WriteError> {
+    require_ports: bool,
+) -> Result<Option<(BTreeSet<String>, Vec<String>)>, WriteError> {
+    let (ports, malformed_ports) = read_config_ports(config, dbs).await?;
+    if require_ports && ports.is_empty() {
+        return Ok(None);
+    }
     let producer = ProducerStateTable::new(PORT_TABLE, dbs.appl.id);
     let mut appl = DbConn::new("APPL_DB", dbs.appl.clone(), vec![producer.script().clone()], timeout);
-    let (ports, malformed_ports) = read_config_ports(config, dbs).await?;
     let mut port_set: BTreeSet<String> = ports.iter().map(|(k, _)| k.clone()).collect();
     // Checked before our own writes: an entry orchagent pops from them a moment later must
     // not read as a host interface of an earlier run.
@@ -69,7 +78,7 @@ pub async fn publish_port_config(
     producer.add_set(&mut pipe, [(PORT_CONFIG_DONE, &count[..])]);
     appl.query::<redis::Value>("APPL_DB PORT_TABLE producer set", &pipe).await?;
     tracing::info!(ports = ports.len(), "wrote CONFIG_DB ports and PortConfigDone to APPL_DB");
-    Ok((port_set, malformed_ports))
+    Ok(Some((port_set, malformed_ports)))
 }
 
 /// CONFIG_DB `LOGGER|portsyncd`: if LOGLEVEL or LOGOUTPUT is missing, both are written.

@@ -385,31 +385,26 @@ impl Daemon {
     async fn republish(&mut self) {
         let mut config =
             crate::redis_conn::DbConn::new("CONFIG_DB", self.dbs.config.clone(), Vec::new(), self.cfg.redis_timeout);
-        let has_ports: Result<Vec<String>, _> = config
-            .query_one(
-                "KEYS PORT|*",
-                redis::cmd("KEYS").arg(format!("{}*", self.dbs.config.key(crate::sonic_db::CFG_PORT_TABLE, ""))),
-            )
-            .await;
-        match has_ports {
-            Ok(keys) if keys.is_empty() => {
-                tracing::debug!("redis-server restarted; CONFIG_DB has no ports yet");
+        match startup::publish_port_config(&self.dbs, &mut config, self.cfg.redis_timeout, true).await {
+            Ok(None) => tracing::debug!("redis-server restarted; CONFIG_DB has no ports yet"),
+            Ok(Some((port_set, _))) => {
+                tracing::warn!(
+                    ports = port_set.len(),
+                    "redis-server restarted: published CONFIG_DB ports and PortConfigDone again"
+                );
+                self.pipeline.reconciler.restart_init(port_set);
+                self.pipeline.reconciler.forget_redis();
+                self.redis.republish_pending = false;
+                self.need_resync = true;
             }
-            Ok(_) => match startup::publish_port_config(&self.dbs, &mut config, self.cfg.redis_timeout).await {
-                Ok((port_set, _)) => {
-                    tracing::warn!(
-                        ports = port_set.len(),
-                        "redis-server restarted: published CONFIG_DB ports and PortConfigDone again"
-                    );
-                    self.pipeline.reconciler.restart_init(port_set);
-                    self.pipeline.reconciler.forget_redis();
-                    self.redis.republish_pending = false;
-                    self.need_resync = true;
-                }
-                Err(e) => self.redis_lost(e),
-            },
             Err(e) => self.redis_lost(e),
         }
+    }
+
+    /// A resync is owed and can run: Redis is up and, after a restart, APPL_DB has its ports
+    /// again (a resync before that would find every port "not in the port table").
+    fn resync_due(&self) -> bool {
+        self.need_resync && self.redis.down_since.is_none() && !self.redis.republish_pending
     }
 
     async fn event_loop(&mut self, signals: &mut Signals) -> Result<(), Error> {
@@ -469,7 +464,7 @@ impl Daemon {
                     self.flush().await;
                     // At once: events that came around a lost stretch may be applied out of order
                     // until the dump corrects them.
-                    if self.need_resync && self.redis.down_since.is_none() && !self.redis.republish_pending {
+                    if self.resync_due() {
                         self.resync().await?;
                     }
                 }
@@ -488,7 +483,7 @@ impl Daemon {
                     if self.pipeline.next_retry().is_some_and(|t| t <= Instant::now()) {
                         self.flush().await;
                     }
-                    if self.need_resync && self.redis.down_since.is_none() && !self.redis.republish_pending {
+                    if self.resync_due() {
                         self.resync().await?;
                     }
                     if let Some(every) = self.cfg.reconcile_interval {

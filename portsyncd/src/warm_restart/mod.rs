@@ -59,12 +59,7 @@ pub async fn baseline_from_state_db(
     let names: Vec<PortName> = all.into_iter().collect();
     let mut pipe = redis::pipe();
     for n in &names {
-        pipe.cmd("HMGET").arg(dbs.state.key(PORT_TABLE, n.as_str())).arg(&[
-            "state",
-            "netdev_oper_status",
-            "admin_status",
-            "mtu",
-        ]);
+        pipe.cmd("HMGET").arg(dbs.state.key(PORT_TABLE, n.as_str())).arg(&crate::writer::STATE_FIELDS[..]);
     }
     if names.is_empty() {
         return Ok(HashMap::new());
