@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs what portsyncd's demo, tests, fuzzers and benchmarks need on a fresh Debian 12
-# machine, as root: redis-server, iproute2, capsh (libcap2-bin), g++ (libFuzzer), and the eBPF
-# toolchain (Debian rustc 1.96 + rust-src, LLVM 22, bpf-linker). Idempotent: whatever is already
-# present is left alone.
+# Installs what portsyncd's demo, tests, fuzzers, benchmarks and package need on a fresh Debian
+# 12 machine, as root: redis-server, iproute2, capsh (libcap2-bin), g++ (libFuzzer), the eBPF
+# toolchain (Debian rustc 1.96 + rust-src, LLVM 22, bpf-linker) and cargo-deb. Idempotent:
+# whatever is already present is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +25,20 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 bash scripts/install-ebpf-toolchain.sh
+
+# cargo-deb packs the .deb of `cargo xtask package` (and of the package step of `cargo xtask
+# test`). Pinned so that every machine builds the same package; 3.8.0 needs rustc >= 1.85.
+CARGO_DEB_VERSION=3.8.0
+if ! command -v cargo-deb >/dev/null; then
+    echo "install-deps: cargo install cargo-deb $CARGO_DEB_VERSION"
+    "${CARGO:-cargo}" install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+fi
+# The Prometheus project's reference OpenMetrics parser: the e2e tests read the daemon's scrape
+# with it, as a Prometheus server would.
+PROMETHEUS_CLIENT_VERSION=0.21.1
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    echo "install-deps: pip install prometheus_client $PROMETHEUS_CLIENT_VERSION"
+    python3 -m pip install -q --root-user-action=ignore "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
+fi
+command -v dpkg-deb >/dev/null || { echo "install-deps: dpkg-deb missing: not a Debian system?" >&2; exit 1; }
 echo "install-deps: ok (redis-server $(redis-server --version | awk '{print $3}'), $(ip -V))"

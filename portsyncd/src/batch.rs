@@ -22,21 +22,23 @@ pub struct Pending {
     pub ifindex: u32,
 }
 
-/// What the coalescer did with the events it was given.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct CoalesceStats {
-    /// Events offered.
-    pub events: u64,
-    /// Ignored by name prefix.
-    pub ignored_name: u64,
-    /// Ignored as teamd netdevs.
-    pub ignored_team: u64,
-    /// Ignored DELLINK with master.
-    pub ignored_del_with_master: u64,
-    /// Ignored old interfaces.
-    pub ignored_old: u64,
-    /// Events folded into a change that was already pending.
-    pub coalesced: u64,
+crate::described! {
+    /// What the coalescer did with the events it was given.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+    pub struct CoalesceStats {
+        /// Events offered.
+        pub events: u64,
+        /// Ignored by name prefix.
+        pub ignored_name: u64,
+        /// Ignored as teamd netdevs.
+        pub ignored_team: u64,
+        /// Ignored DELLINK with master.
+        pub ignored_del_with_master: u64,
+        /// Ignored old interfaces.
+        pub ignored_old: u64,
+        /// Events folded into a change that was already pending.
+        pub coalesced: u64,
+    }
 }
 
 /// The pending changes, keyed by port name (the Redis key).

@@ -136,6 +136,10 @@ pub struct Args {
     /// datagrams are truncated (MSG_TRUNC) until the daemon grows it.
     #[arg(long, hide = true, value_name = "BYTES")]
     pub test_recv_buf: Option<usize>,
+    /// Test hook: after SIGUSR2, the next batch of events blocks the event loop's thread for
+    /// this long (a hung daemon: systemd watchdog pings and the stall watchdog are exercised).
+    #[arg(long, hide = true, value_name = "MS")]
+    pub test_stall_ms: Option<u64>,
     /// Validate flags, environment and config file, print the effective settings, and exit
     /// (0, or 1 with one error line naming the key).
     #[arg(long)]
@@ -234,6 +238,8 @@ pub struct Config {
     pub test_pause_before_capture: Option<Duration>,
     /// Test hook, see [`Args::test_recv_buf`].
     pub test_recv_buf: Option<usize>,
+    /// Test hook, see [`Args::test_stall_ms`].
+    pub test_stall: Option<Duration>,
 }
 
 /// A configuration value that cannot be used.
@@ -399,6 +405,7 @@ impl Config {
             test_dump_intr: args.test_dump_intr,
             test_pause_before_capture: args.test_pause_before_capture_secs.map(Duration::from_secs),
             test_recv_buf: args.test_recv_buf,
+            test_stall: args.test_stall_ms.map(Duration::from_millis),
         })
     }
 }

@@ -86,19 +86,21 @@ impl Default for EbpfConfig {
     }
 }
 
-/// The program's counters, summed over CPUs (see [`portsyncd_common::counter`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct EbpfCounters {
-    /// Events written into the ring.
-    pub events: u64,
-    /// Ring full: the message went to the socket instead.
-    pub ring_full: u64,
-    /// Link messages dropped because the name matched no prefix.
-    pub filtered: u64,
-    /// Messages the program could not parse (let through to the socket).
-    pub parse_errors: u64,
-    /// Non-link messages (let through).
-    pub not_link: u64,
+crate::described! {
+    /// The program's counters, summed over CPUs (see [`portsyncd_common::counter`]).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+    pub struct EbpfCounters {
+        /// Events written into the ring.
+        pub events: u64,
+        /// Ring full: the message went to the socket instead.
+        pub ring_full: u64,
+        /// Link messages dropped because the name matched no prefix.
+        pub filtered: u64,
+        /// Messages the program could not parse (let through to the socket).
+        pub parse_errors: u64,
+        /// Non-link messages (let through).
+        pub not_link: u64,
+    }
 }
 
 /// Loading, attaching or reading the eBPF capture failed.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod ebpf;
 pub mod error;
+pub mod health;
 pub mod linksync;
 pub mod logging;
 pub mod metrics;

@@ -21,26 +21,28 @@ pub enum SourceError {
     Ebpf(Box<crate::ebpf::EbpfError>),
 }
 
-/// Counters of the source.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct SourceCounters {
-    /// Datagrams read from the event socket.
-    pub datagrams: u64,
-    /// Link events parsed from the socket (netlink mode, or eBPF overflow).
-    pub socket_events: u64,
-    /// Events read from the ring buffer.
-    pub ring_events: u64,
-    /// Messages that could not be decoded.
-    pub malformed: u64,
-    /// `ENOBUFS` on the event socket: notifications were lost, a resync follows.
-    pub enobufs: u64,
-    /// Queued events dropped because a dump superseded them.
-    pub superseded: u64,
-    /// Datagrams cut short by the receive buffer (MSG_TRUNC): a resync follows.
-    pub truncated: u64,
-    /// eBPF mode: link messages the filter passed to the socket although the ring had room
-    /// (it could not parse them), decoded here like any netlink message.
-    pub passed_through: u64,
+crate::described! {
+    /// Counters of the source.
+    #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+    pub struct SourceCounters {
+        /// Datagrams read from the event socket.
+        pub datagrams: u64,
+        /// Link events parsed from the socket (netlink mode, or eBPF overflow).
+        pub socket_events: u64,
+        /// Events read from the ring buffer.
+        pub ring_events: u64,
+        /// Messages that could not be decoded.
+        pub malformed: u64,
+        /// `ENOBUFS` on the event socket: notifications were lost, a resync follows.
+        pub enobufs: u64,
+        /// Queued events dropped because a dump superseded them.
+        pub superseded: u64,
+        /// Datagrams cut short by the receive buffer (MSG_TRUNC): a resync follows.
+        pub truncated: u64,
+        /// eBPF mode: link messages the filter passed to the socket although the ring had room
+        /// (it could not parse them), decoded here like any netlink message.
+        pub passed_through: u64,
+    }
 }
 
 /// What a drain found besides events.

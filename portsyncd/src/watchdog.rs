@@ -1,6 +1,7 @@
 //! The stall watchdog: a thread of its own (so it sees a stall even when the event loop's
 //! thread is stuck outside an await) that counts and logs every time the loop has not turned
-//! for longer than allowed while changes are pending.
+//! for longer than allowed while changes are pending. It also tells the daemon's health model
+//! (and, through a callback, systemd) that the loop stands still, since the loop itself cannot.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ struct Shared {
     last_turn_ns: AtomicU64,
     pending: AtomicU64,
     stalls: AtomicU64,
+    stalled: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -26,6 +28,12 @@ impl Heartbeat {
     pub fn turn(&self, pending: usize) {
         self.0.last_turn_ns.store(monotonic_ns(), Ordering::Relaxed);
         self.0.pending.store(pending as u64, Ordering::Relaxed);
+        self.0.stalled.store(false, Ordering::Relaxed);
+    }
+
+    /// The loop is standing still now (reported by the watchdog, cleared by the next turn).
+    pub fn stalled_now(&self) -> bool {
+        self.0.stalled.load(Ordering::Relaxed)
     }
 
     /// Stalls seen so far.
@@ -48,7 +56,8 @@ pub fn is_stalled(now_ns: u64, last_turn_ns: u64, pending: u64, limit: Duration)
 
 impl Watchdog {
     /// Starts watching; a stall is the loop not turning for `limit` with changes pending.
-    pub fn start(limit: Duration) -> (Self, Heartbeat) {
+    /// `on_stall(stalled_ms)` runs on the watchdog's thread once per stall.
+    pub fn start(limit: Duration, on_stall: impl Fn(u64) + Send + 'static) -> (Self, Heartbeat) {
         let shared = Arc::new(Shared::default());
         shared.last_turn_ns.store(monotonic_ns(), Ordering::Relaxed);
         let s = Arc::clone(&shared);
@@ -66,11 +75,10 @@ impl Watchdog {
                     if is_stalled(now, last, pending, limit) && reported_turn != Some(last) {
                         reported_turn = Some(last);
                         s.stalls.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            stalled_ms = now.saturating_sub(last) / 1_000_000,
-                            pending,
-                            "event loop stalled with changes pending"
-                        );
+                        s.stalled.store(true, Ordering::Relaxed);
+                        let stalled_ms = now.saturating_sub(last) / 1_000_000;
+                        tracing::warn!(stalled_ms, pending, "event loop stalled with changes pending");
+                        on_stall(stalled_ms);
                     }
                 }
             })
@@ -106,7 +114,11 @@ mod tests {
 
     #[test]
     fn the_thread_counts_one_stall_per_standstill() {
-        let (dog, beat) = Watchdog::start(Duration::from_millis(100));
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = Arc::clone(&calls);
+        let (dog, beat) = Watchdog::start(Duration::from_millis(100), move |_| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
         beat.turn(3);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while beat.stalls() == 0 && std::time::Instant::now() < deadline {
@@ -115,7 +127,10 @@ mod tests {
         assert_eq!(beat.stalls(), 1);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(beat.stalls(), 1, "one stall, however long it lasts");
+        assert!(beat.stalled_now());
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "the callback runs once per stall");
         beat.turn(0);
+        assert!(!beat.stalled_now(), "a turn ends the stall");
         drop(dog);
     }
 }

@@ -7,6 +7,7 @@ pub mod db;
 pub mod fixture;
 pub mod monitor;
 pub mod netns;
+pub mod openmetrics;
 pub mod orchagent;
 pub mod poll;
 pub mod redis_server;

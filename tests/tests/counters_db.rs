@@ -29,13 +29,16 @@ fn scenario_component_stats(mode: Capture) {
     for field in ["events", "batches", "refusals", "repairs", "resyncs", "enobufs", "skipped_unchanged"] {
         assert!(counters.contains_key(field), "{field} missing: {counters:?}");
     }
+    let health = hgetall(&mut con, "PORTSYNCD_STATS:health");
+    assert_eq!(health.get("status").map(String::as_str), Some("0"), "healthy: {health:?}");
+    assert_eq!(health.get("redis_down").map(String::as_str), Some("0"), "{health:?}");
     let latency = hgetall(&mut con, "PORTSYNCD_STATS:latency");
     assert!(latency.get("p99_us").is_some_and(|v| v.parse::<u64>().is_ok_and(|n| n > 0)), "{latency:?}");
     if mode == Capture::Ebpf {
         let ebpf = hgetall(&mut con, "PORTSYNCD_STATS:ebpf");
         assert!(ebpf.get("events").is_some_and(|v| v != "0"), "{ebpf:?}");
     }
-    eprintln!("COUNTERS_DB sample, {mode}: PORTSYNCD_STATS:counters {counters:?}\nPORTSYNCD_STATS:latency {latency:?}");
+    eprintln!("COUNTERS_DB sample, {mode}: PORTSYNCD_STATS:counters {counters:?}\nPORTSYNCD_STATS:latency {latency:?}\nPORTSYNCD_STATS:health {health:?}");
 
     // Quiet: nothing changes, so nothing is written.
     let mon = Monitor::start(&fx.redis);

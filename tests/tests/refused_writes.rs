@@ -94,6 +94,10 @@ fn scenario_wrongtype_row(mode: Capture) {
     assert!(fx.daemon().is_running());
     let stats = fx.daemon().wait_stats(DEFAULT_TIMEOUT, "counters.refusals > 0", |s| s.counter("refusals") > 0);
     assert_eq!(stats.counter("resyncs"), 0, "a refusal must not trigger a resync: {}", stats.0);
+    fx.daemon().wait_stats(DEFAULT_TIMEOUT, "health degraded: refused_writes", |s| {
+        s.get("/health/status").and_then(|v| v.as_str()) == Some("degraded")
+            && s.get("/health/reasons").is_some_and(|r| r.to_string().contains("refused_writes"))
+    });
     let warned = fx.daemon().log().lines().any(|l| l.contains(" WARN ") && l.contains(BAD) && l.contains("WRONGTYPE"));
     assert!(warned, "a WARN line must name {BAD} and Redis's error:\n{}", fx.daemon().error_lines());
 
@@ -110,6 +114,9 @@ fn scenario_wrongtype_row(mode: Capture) {
         }
     });
     eprintln!("{BAD} synced {:.0} ms after its row was fixed", fixed.elapsed().as_secs_f64() * 1e3);
+    fx.daemon().wait_stats(DEFAULT_TIMEOUT, "no refused_writes once synced", |s| {
+        s.get("/health/reasons").is_some_and(|r| !r.to_string().contains("refused_writes"))
+    });
     fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, |_| true);
 }
 

@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::config::{CaptureMode, Config};
 use crate::ebpf::{EbpfCapture, EbpfConfig};
 use crate::error::Error;
+use crate::health::{Health, HealthMonitor, Inputs as HealthInputs};
 use crate::metrics::latency::{IntervalLog, LatencyRecorder};
 use crate::metrics::Counters;
 use crate::netlink::socket::NlSocket;
@@ -58,22 +59,27 @@ enum Eoiu {
 }
 
 /// SIGTERM/SIGINT (stop), SIGUSR1 (percentiles) and SIGHUP (re-read the log settings),
-/// installed before anything else runs.
+/// installed before anything else runs; SIGUSR2 only with the `--test-stall-ms` hook.
 #[derive(Debug)]
 struct Signals {
     term: Signal,
     int: Signal,
     usr1: Signal,
     hup: Signal,
+    usr2: Option<Signal>,
 }
 
 impl Signals {
-    fn install() -> Result<Self, Error> {
+    fn install(test_stall: bool) -> Result<Self, Error> {
         Ok(Self {
             term: signal(SignalKind::terminate()).map_err(Error::Signal)?,
             int: signal(SignalKind::interrupt()).map_err(Error::Signal)?,
             usr1: signal(SignalKind::user_defined1()).map_err(Error::Signal)?,
             hup: signal(SignalKind::hangup()).map_err(Error::Signal)?,
+            usr2: match test_stall {
+                true => Some(signal(SignalKind::user_defined2()).map_err(Error::Signal)?),
+                false => None,
+            },
         })
     }
 
@@ -83,6 +89,16 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+/// Resolves at SIGUSR2 when the stall hook installed it; never otherwise.
+async fn test_stall_signal(usr2: &mut Option<Signal>) {
+    match usr2.as_mut() {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -105,7 +121,7 @@ pub fn hold_stop_signals() {
 
 /// Runs the daemon until SIGTERM/SIGINT, which end it with `Ok` at any point, start-up included.
 pub async fn run(cfg: Config) -> Result<(), Error> {
-    let mut signals = Signals::install()?;
+    let mut signals = Signals::install(cfg.test_stall.is_some())?;
     // Handlers are in place: a signal held since `hold_stop_signals` is delivered now.
     stop_signals().thread_unblock().map_err(|e| Error::Signal(e.into()))?;
     // A broken eBPF build is an error in every capture mode, not a silent netlink fallback.
@@ -188,8 +204,13 @@ struct Daemon {
     redis: RedisHealth,
     need_resync: bool,
     stats_dirty: bool,
-    prometheus: Option<tokio::sync::watch::Sender<String>>,
+    prometheus: Option<std::sync::Arc<crate::metrics::prometheus::PrometheusExport>>,
+    health: HealthMonitor,
+    /// The last verdict, as exported.
+    health_now: Health,
     heartbeat: Heartbeat,
+    /// Test hook: SIGUSR2 arrived; the next batch blocks the loop (`--test-stall-ms`).
+    stall_armed: bool,
     _watchdog: Watchdog,
     /// SIGHUP: the CONFIG_DB LOGGER watcher re-reads the log settings.
     log_refresh: std::sync::Arc<tokio::sync::Notify>,
@@ -223,7 +244,11 @@ impl Daemon {
         // Subscribe before dumping, so nothing between the dump and the subscription is missed.
         let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
         tracing::info!(requested = cfg.rcvbuf, granted, "event socket joined RTNLGRP_LINK");
-        let (watchdog, heartbeat) = Watchdog::start(cfg.stall_watchdog);
+        // The loop cannot report its own stall: the watchdog's thread tells systemd.
+        let (watchdog, heartbeat) = Watchdog::start(cfg.stall_watchdog, |stalled_ms| {
+            let status = format!("unhealthy: loop_stalled ({stalled_ms} ms)");
+            notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
+        });
         let dbs_counters = dbs.counters.clone();
         let backoff = Backoff { min: cfg.refusal_backoff_min, max: cfg.refusal_backoff_max };
         let mut d = Daemon {
@@ -260,7 +285,10 @@ impl Daemon {
             need_resync: false,
             stats_dirty: true,
             prometheus: None,
+            health: HealthMonitor::new(),
+            health_now: Health { status: crate::health::Status::Healthy, reasons: Vec::new() },
             heartbeat,
+            stall_armed: false,
             _watchdog: watchdog,
             log_refresh,
             counters_db: match &dbs_counters {
@@ -274,9 +302,10 @@ impl Daemon {
         };
         if let Some(addr) = d.cfg.metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::Metrics)?;
-            let (tx, rx) = tokio::sync::watch::channel(String::new());
-            tokio::spawn(crate::metrics::serve_prometheus(listener, rx));
-            d.prometheus = Some(tx);
+            let export = std::sync::Arc::new(crate::metrics::prometheus::PrometheusExport::new());
+            d.latency.export_latency_to(export.latency_histogram());
+            tokio::spawn(crate::metrics::prometheus::serve(listener, std::sync::Arc::clone(&export)));
+            d.prometheus = Some(export);
             tracing::info!(%addr, "serving Prometheus metrics");
         }
         // Initial sync first, on the netlink socket: loading and verifying the eBPF program takes
@@ -315,8 +344,37 @@ impl Daemon {
     fn initial_sync_done(&mut self) {
         self.initial_sync_done = true;
         self.save_state(false);
+        self.update_health();
         self.write_stats();
-        notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("initial sync complete")]);
+        let status = format!("initial sync complete; {}", self.health_now.status_line());
+        notify_systemd(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+    }
+
+    /// Re-assesses health; a change is logged, exported and told to systemd.
+    fn update_health(&mut self) {
+        let inputs = HealthInputs {
+            stalled_now: self.heartbeat.stalled_now(),
+            stalls: self.heartbeat.stalls(),
+            redis_down: self.redis.down_since.is_some(),
+            refused_ports: self.pipeline.retry.len(),
+            repairs: self.counters.repairs,
+            ebpf_fallback: self.capture.fallback_reason.is_some(),
+            eoiu_timeout: self.eoiu == Eoiu::Timeout,
+        };
+        let health = self.health.assess(&inputs, Instant::now());
+        if health == self.health_now {
+            return;
+        }
+        let line = health.status_line();
+        match health.status {
+            crate::health::Status::Healthy => tracing::info!(health = %line, "health changed"),
+            _ => tracing::warn!(health = %line, "health changed"),
+        }
+        if self.initial_sync_done {
+            notify_systemd(&[sd_notify::NotifyState::Status(&line)]);
+        }
+        self.health_now = health;
+        self.stats_dirty = true;
     }
 
     /// Writes what is pending and due, then `PortInitDone` when it is due. Never fails: a lost
@@ -418,7 +476,8 @@ impl Daemon {
         let mut last_interval = now;
         let mut last_reconcile = now;
         let mut last_republish = now;
-        let watchdog = watchdog_interval();
+        // Pinged from the loop itself, so a loop that stops turning stops the pings.
+        let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
         let mut last_watchdog = now;
         let mut last_log = crate::logging::control().map(|c| c.current());
         let mut last_counters_db = now;
@@ -429,6 +488,10 @@ impl Daemon {
                 _ = signals.int.recv() => break,
                 _ = signals.usr1.recv() => self.report_percentiles(),
                 _ = signals.hup.recv() => self.log_refresh.notify_one(),
+                _ = test_stall_signal(&mut signals.usr2) => {
+                    tracing::warn!("test hook: the next batch blocks the event loop");
+                    self.stall_armed = true;
+                }
                 r = self.source.next_batch(&mut events, self.cfg.batch_max) => {
                     let mut drained = r?;
                     // In a storm, a short wait gathers the next events into this batch: one
@@ -450,6 +513,9 @@ impl Daemon {
                         self.pipeline.coalescer.push(ev, &self.old_ifindexes);
                     }
                     events.clear();
+                    if std::mem::take(&mut self.stall_armed) {
+                        self.test_block_loop();
+                    }
                     self.counters.enobufs = self.source.counters.enobufs;
                     self.counters.truncated = self.source.counters.truncated;
                     if drained.overrun {
@@ -516,6 +582,7 @@ impl Daemon {
                         self.counters.stalls = stalls;
                         self.stats_dirty = true;
                     }
+                    self.update_health();
                     if self.stats_dirty {
                         self.write_stats();
                     }
@@ -570,7 +637,17 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    Some(Duration::from_micros(usec / 2))
+impl Daemon {
+    /// `--test-stall-ms`: blocks this thread (not just this task) with the batch's changes
+    /// pending, as a hung daemon would: no systemd watchdog pings, the stall watchdog fires.
+    fn test_block_loop(&mut self) {
+        let Some(d) = self.cfg.test_stall else { return };
+        self.heartbeat.turn(self.pipeline.backlog());
+        tracing::warn!(
+            ms = d.as_millis() as u64,
+            pending = self.pipeline.backlog(),
+            "test hook: blocking the event loop"
+        );
+        std::thread::sleep(d);
+    }
 }

@@ -57,6 +57,12 @@ impl Daemon {
             "log_level": log.map(|l| l.0),
             "log_output": log.map(|l| l.1),
             "log_dropped": crate::logging::control().map(|c| c.dropped()),
+            "health": {
+                "status": self.health_now.status,
+                "code": self.health_now.status as u8,
+                "reasons": self.health_now.reasons,
+            },
+            "memory_bytes": crate::metrics::prometheus::resident_bytes(),
             "capture_mode": self.capture.mode,
             "capture_fallback_reason": self.capture.fallback_reason,
             "warm_start": self.startup.warm,
@@ -100,8 +106,8 @@ impl Daemon {
             return;
         }
         let snap = self.snapshot();
-        if let Some(tx) = &self.prometheus {
-            tx.send_replace(crate::metrics::prometheus_text(&snap));
+        if let Some(export) = &self.prometheus {
+            export.update(snap.clone());
         }
         if let Some(path) = &self.cfg.stats_file {
             if let Err(e) = write_json_atomic(path, &snap) {

@@ -15,7 +15,8 @@ pub const TABLE: &str = "PORTSYNCD_STATS";
 pub type Entities = BTreeMap<String, BTreeMap<String, u64>>;
 
 /// The snapshot's groups as entities: `counters`, `source`, `coalesce`, `ebpf` (eBPF mode),
-/// `warm_restart` (its integer fields) and `latency` (event-to-Redis p50/p99/max in µs, count).
+/// `warm_restart` (its integer fields), `latency` (event-to-Redis p50/p99/max in µs, count) and
+/// `health` (`status`: 0 healthy, 1 degraded, 2 unhealthy; then 1 or 0 per reason).
 pub fn entities(snapshot: &serde_json::Value) -> Entities {
     let mut out = Entities::new();
     for group in ["counters", "source", "coalesce", "ebpf", "warm_restart"] {
@@ -33,6 +34,15 @@ pub fn entities(snapshot: &serde_json::Value) -> Entities {
             }
         }
         out.insert("latency".to_owned(), fields);
+    }
+    if let Some(code) = snapshot.pointer("/health/code").and_then(|v| v.as_u64()) {
+        let active = snapshot.pointer("/health/reasons").and_then(|v| v.as_array());
+        let mut fields = BTreeMap::from([("status".to_owned(), code)]);
+        for r in crate::health::Reason::ALL {
+            let on = active.is_some_and(|a| a.iter().any(|v| v.as_str() == Some(r.as_str())));
+            fields.insert(r.as_str().to_owned(), u64::from(on));
+        }
+        out.insert("health".to_owned(), fields);
     }
     out
 }
@@ -87,12 +97,16 @@ mod tests {
             "counters": {"events": 5, "refusals": 0},
             "source": {"datagrams": 2},
             "latency": {"latency_us": {"p50": 12.4, "p99": 80.6, "max": 100.0, "count": 5}},
+            "health": {"status": "degraded", "code": 1, "reasons": ["refused_writes"]},
         });
         let e = entities(&snap);
-        assert_eq!(e.keys().collect::<Vec<_>>(), ["counters", "latency", "source"]);
+        assert_eq!(e.keys().collect::<Vec<_>>(), ["counters", "health", "latency", "source"]);
+        assert_eq!(e["health"]["status"], 1);
+        assert_eq!(e["health"]["refused_writes"], 1);
+        assert_eq!(e["health"]["redis_down"], 0);
         assert_eq!(e["latency"]["p99_us"], 81);
         assert_eq!(e["counters"]["events"], 5);
-        assert_eq!(changed(&Entities::new(), &e).len(), 3, "everything the first time");
+        assert_eq!(changed(&Entities::new(), &e).len(), 4, "everything the first time");
         let mut later = e.clone();
         later.get_mut("counters").unwrap().insert("events".into(), 6);
         let c = changed(&e, &later);

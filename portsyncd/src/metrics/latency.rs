@@ -28,7 +28,8 @@ const TICKS_PER_HALF_DISTANCE: u32 = 5;
 /// Header comment naming the tags and their units.
 const TAGS: &str = concat!(
     "Tags: latency = kernel event to Redis ack (ns), batch_events = events per batch, ",
-    "batch_ports = ports written per batch, batch_processing = batch processing time (ns)"
+    "batch_ports = ports written per batch, batch_processing = batch processing time (ns), ",
+    "delivery = kernel event to ring drain (ns)"
 );
 /// Column legend of the interval log, as HdrHistogram's log writers emit it.
 const LEGEND: &str = "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"";
@@ -191,6 +192,8 @@ pub struct LatencyRecorder {
     delivery: Series,
     clock_anomalies: u64,
     missing_timestamps: u64,
+    /// The Prometheus histogram each event latency is also observed in (`--metrics-addr`).
+    prometheus: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl fmt::Debug for LatencyRecorder {
@@ -219,7 +222,13 @@ impl LatencyRecorder {
             delivery: Series::new(Kind::Delivery)?,
             clock_anomalies: 0,
             missing_timestamps: 0,
+            prometheus: None,
         })
+    }
+
+    /// Also observes every event latency in `histogram`, in seconds.
+    pub fn export_latency_to(&mut self, histogram: prometheus_client::metrics::histogram::Histogram) {
+        self.prometheus = Some(histogram);
     }
 
     /// Records one Redis write: `ack_ts_ns - event_ts_ns`, both `CLOCK_MONOTONIC` ns. An ack
@@ -240,6 +249,9 @@ impl LatencyRecorder {
             }
         };
         self.latency.record(latency);
+        if let Some(h) = &self.prometheus {
+            h.observe(latency as f64 * 1e-9);
+        }
     }
 
     /// Records one eBPF event's delivery: kernel timestamp to the moment the daemon drained it.
@@ -318,7 +330,14 @@ impl LatencyRecorder {
     }
 
     fn reset_interval(&mut self) {
-        for s in [&mut self.latency, &mut self.batch_events, &mut self.batch_ports, &mut self.batch_processing] {
+        // Every series: one left out would log its running total as each interval's counts.
+        for s in [
+            &mut self.latency,
+            &mut self.batch_events,
+            &mut self.batch_ports,
+            &mut self.batch_processing,
+            &mut self.delivery,
+        ] {
             s.interval.reset();
         }
     }
@@ -632,6 +651,7 @@ mod tests {
             r.record_latency_ns(1_000, 1_000 + us * 1_000);
         }
         r.record_batch(3, 2, 700_000);
+        r.record_delivery_ns(1_000, 9_000);
         log.write_interval(&mut r).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         r.record_latency_ns(1_000, 1_000 + 50_000);
@@ -656,6 +676,8 @@ mod tests {
         assert_eq!((first[2].4.max(), first[2].3), (2, 2.0));
         assert!(within_precision(first[3].4.max() as f64, 700_000.0));
         assert_eq!((second[1].4.len(), second[3].4.len()), (0, 0), "empty intervals are still logged");
+        let delivery = Kind::ALL.iter().position(|k| *k == Kind::Delivery).unwrap();
+        assert_eq!((first[delivery].4.len(), second[delivery].4.len()), (1, 0), "every series starts each interval empty");
         // Intervals tile the time line: the second starts where the first ended.
         let first_end = first[0].1 + first[0].2;
         assert!(second[0].1.abs_diff(first_end) <= Duration::from_millis(2), "{first_end:?} vs {:?}", second[0].1);

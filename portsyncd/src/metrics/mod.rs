@@ -1,72 +1,76 @@
-//! Counters of every stage, the JSON stats snapshot (`--stats-file`), and the opt-in Prometheus
-//! text endpoint. Latency and batch histograms live in [`latency`].
+//! Counters of every stage and the JSON stats snapshot (`--stats-file`); the exports:
+//! [`counters_db`], [`prometheus`]. Latency and batch histograms live in [`latency`].
 
 pub mod counters_db;
+pub mod fields;
 pub mod latency;
+pub mod prometheus;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Event-path counters (owned by the daemon task; no atomics needed).
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Counters {
-    /// Events that entered the pipeline (live + dump entries).
-    pub events: u64,
-    /// Batches flushed.
-    pub batches: u64,
-    /// Link dumps run.
-    pub dumps: u64,
-    /// Interrupted dumps repeated.
-    pub dump_intr_retries: u64,
-    /// Dumps run because state may have been lost (overrun, ring overflow, Redis back).
-    pub resyncs: u64,
-    /// ENOBUFS overruns of the event socket.
-    pub enobufs: u64,
-    /// Flushes that saw eBPF ring overflow messages on the socket.
-    pub ring_overflows: u64,
-    /// STATE_DB HSETs.
-    pub state_writes: u64,
-    /// STATE_DB DELs.
-    pub state_deletes: u64,
-    /// Changes that needed no write (Redis already held that state).
-    pub skipped_unchanged: u64,
-    /// Ports written nothing because APPL_DB has no `PORT_TABLE:<p>`.
-    pub not_in_appl: u64,
-    /// Redis commands sent by the event path.
-    pub redis_commands: u64,
-    /// Redis round trips of the event path.
-    pub redis_round_trips: u64,
-    /// Failed Redis operations.
-    pub redis_errors: u64,
-    /// Redis reconnections.
-    pub redis_reconnects: u64,
-    /// Initial dumps that ended by timeout instead of NLMSG_DONE.
-    pub eoiu_timeouts: u64,
-    /// Old interfaces set admin-down at a cold start.
-    pub old_interfaces_down: u64,
-    /// Commands Redis refused (error replies: WRONGTYPE, MISCONF, OOM, ...); each is retried
-    /// for its port alone.
-    pub refusals: u64,
-    /// Self-healing reconciliations run.
-    pub reconciliations: u64,
-    /// Rows found drifted from what we wrote (deleted or altered by someone else) and rewritten.
-    pub repairs: u64,
-    /// Times the event loop stood still longer than the stall watchdog allows with changes pending.
-    pub stalls: u64,
-    /// Lua script reloads after NOSCRIPT.
-    pub script_reloads: u64,
-    /// Truncated netlink datagrams (each forces a resync).
-    pub truncated: u64,
-    /// Rows deleted because their port was absent from a complete dump of this boot.
-    pub vanished_deletes: u64,
-    /// Ports absent from a dump whose rows were kept for lack of proof (a dump not complete, or a
-    /// row not known to be of this boot).
-    pub vanished_kept: u64,
-    /// Dumps that were not complete (no NLMSG_DONE in time, or still interrupted): used to
-    /// update ports, never to delete them.
-    pub incomplete_dumps: u64,
-    /// redis-server restarts seen (its run_id changed): the start-up publication was redone.
-    pub redis_restarts: u64,
+crate::described! {
+    /// Event-path counters (owned by the daemon task; no atomics needed).
+    #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+    pub struct Counters {
+        /// Events that entered the pipeline (live + dump entries).
+        pub events: u64,
+        /// Batches flushed.
+        pub batches: u64,
+        /// Link dumps run.
+        pub dumps: u64,
+        /// Interrupted dumps repeated.
+        pub dump_intr_retries: u64,
+        /// Dumps run because state may have been lost (overrun, ring overflow, Redis back).
+        pub resyncs: u64,
+        /// ENOBUFS overruns of the event socket.
+        pub enobufs: u64,
+        /// Flushes that saw eBPF ring overflow messages on the socket.
+        pub ring_overflows: u64,
+        /// STATE_DB HSETs.
+        pub state_writes: u64,
+        /// STATE_DB DELs.
+        pub state_deletes: u64,
+        /// Changes that needed no write (Redis already held that state).
+        pub skipped_unchanged: u64,
+        /// Ports written nothing because APPL_DB has no `PORT_TABLE:<p>`.
+        pub not_in_appl: u64,
+        /// Redis commands sent by the event path.
+        pub redis_commands: u64,
+        /// Redis round trips of the event path.
+        pub redis_round_trips: u64,
+        /// Failed Redis operations.
+        pub redis_errors: u64,
+        /// Redis reconnections.
+        pub redis_reconnects: u64,
+        /// Initial dumps that ended by timeout instead of NLMSG_DONE.
+        pub eoiu_timeouts: u64,
+        /// Old interfaces set admin-down at a cold start.
+        pub old_interfaces_down: u64,
+        /// Commands Redis refused (error replies: WRONGTYPE, MISCONF, OOM, ...); each is retried
+        /// for its port alone.
+        pub refusals: u64,
+        /// Self-healing reconciliations run.
+        pub reconciliations: u64,
+        /// Rows found drifted from what we wrote (deleted or altered by someone else) and rewritten.
+        pub repairs: u64,
+        /// Times the event loop stood still longer than the stall watchdog allows with changes pending.
+        pub stalls: u64,
+        /// Lua script reloads after NOSCRIPT.
+        pub script_reloads: u64,
+        /// Truncated netlink datagrams (each forces a resync).
+        pub truncated: u64,
+        /// Rows deleted because their port was absent from a complete dump of this boot.
+        pub vanished_deletes: u64,
+        /// Ports absent from a dump whose rows were kept for lack of proof (a dump not complete, or a
+        /// row not known to be of this boot).
+        pub vanished_kept: u64,
+        /// Dumps that were not complete (no NLMSG_DONE in time, or still interrupted): used to
+        /// update ports, never to delete them.
+        pub incomplete_dumps: u64,
+        /// redis-server restarts seen (its run_id changed): the start-up publication was redone.
+        pub redis_restarts: u64,
+    }
 }
 
 /// Writes `value` as JSON to `path` atomically (temp file + rename), so readers never see a
@@ -85,50 +89,6 @@ pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> std::io::Res
     std::fs::rename(&tmp, path)
 }
 
-/// Prometheus text exposition of a flat JSON object of numbers (nested objects are flattened
-/// with `_`). Non-numeric values become no sample.
-pub fn prometheus_text(snapshot: &serde_json::Value) -> String {
-    fn walk(prefix: &str, v: &serde_json::Value, out: &mut String) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    walk(&format!("{prefix}_{k}"), v, out);
-                }
-            }
-            serde_json::Value::Number(n) => out.push_str(&format!("{prefix} {n}\n")),
-            serde_json::Value::Bool(b) => out.push_str(&format!("{prefix} {}\n", u8::from(*b))),
-            _ => {}
-        }
-    }
-    let mut out = String::new();
-    walk("portsyncd", snapshot, &mut out);
-    out
-}
-
-/// Serves the latest Prometheus text from `rx` to every HTTP request on `listener`, until the
-/// sender is dropped. Loopback only (enforced by the config).
-pub async fn serve_prometheus(listener: tokio::net::TcpListener, rx: tokio::sync::watch::Receiver<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        if rx.has_changed().is_err() {
-            return;
-        }
-        let body = rx.borrow().clone();
-        tokio::spawn(async move {
-            // The request itself is irrelevant: every path answers with the metrics.
-            let mut req = [0u8; 1024];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut req)).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,14 +102,5 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!(v["a"], 2);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
-    }
-
-    #[test]
-    fn prometheus_flattens_numbers_and_bools() {
-        let t =
-            prometheus_text(&serde_json::json!({"counters": {"events": 3}, "port_init_done": true, "mode": "ebpf"}));
-        assert!(t.contains("portsyncd_counters_events 3\n"), "{t}");
-        assert!(t.contains("portsyncd_port_init_done 1\n"), "{t}");
-        assert!(!t.contains("mode"), "{t}");
     }
 }

@@ -6,43 +6,45 @@ use std::time::Duration;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
-/// Counts of what the warm-restart machinery did since the process started.
-///
-/// Every field counts events that happened; there is deliberately no ratio: a cold start is
-/// often the correct outcome (warm restart not enabled), so "warm / (warm + cold)" measures
-/// configuration, not success. Failures are counted where they occur (`corrupt_files_found`,
-/// `state_save_failures`, `eoiu_timed_out`).
-///
-/// `cold_starts`, `warm_starts`, the EOIU counters and `initial_sync` are recorded by the
-/// start-up sequence (warm vs cold is SONiC's `WARM_RESTART_ENABLE_TABLE` decision, not whether a
-/// state file exists); the file counters are recorded by
-/// [`StateStore`](super::state_file::StateStore).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct WarmRestartMetrics {
-    /// Starts that followed the cold-start path.
-    pub cold_starts: u64,
-    /// Starts that followed the warm-start path.
-    pub warm_starts: u64,
-    /// Initial syncs that ended at the dump's end-of-initial-update (NLMSG_DONE).
-    pub eoiu_seen: u64,
-    /// Initial syncs that ended because the EOIU timeout expired first.
-    pub eoiu_timed_out: u64,
-    /// Loads whose state came from a backup because the current file was unusable.
-    pub recoveries_from_backup: u64,
-    /// State files found unreadable or malformed and set aside.
-    pub corrupt_files_found: u64,
-    /// Backups made when rotating the current file before a save.
-    pub backups_created: u64,
-    /// Backups removed because they exceeded the retention count.
-    pub backups_cleaned: u64,
-    /// State files removed because they were older than the maximum age (or dated in the future).
-    pub stale_files_removed: u64,
-    /// Saves that reached the disk (fsynced and renamed into place).
-    pub state_saves: u64,
-    /// Saves that failed; the previous file is left as it was.
-    pub state_save_failures: u64,
-    /// Time from start of initial sync to its end (EOIU or timeout).
-    pub initial_sync: DurationStats,
+crate::described! {
+    /// Counts of what the warm-restart machinery did since the process started.
+    ///
+    /// Every field counts events that happened; there is deliberately no ratio: a cold start is
+    /// often the correct outcome (warm restart not enabled), so "warm / (warm + cold)" measures
+    /// configuration, not success. Failures are counted where they occur (`corrupt_files_found`,
+    /// `state_save_failures`, `eoiu_timed_out`).
+    ///
+    /// `cold_starts`, `warm_starts`, the EOIU counters and `initial_sync` are recorded by the
+    /// start-up sequence (warm vs cold is SONiC's `WARM_RESTART_ENABLE_TABLE` decision, not whether a
+    /// state file exists); the file counters are recorded by
+    /// [`StateStore`](super::state_file::StateStore).
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+    pub struct WarmRestartMetrics {
+        /// Starts that followed the cold-start path.
+        pub cold_starts: u64,
+        /// Starts that followed the warm-start path.
+        pub warm_starts: u64,
+        /// Initial syncs that ended at the dump's end-of-initial-update (NLMSG_DONE).
+        pub eoiu_seen: u64,
+        /// Initial syncs that ended because the EOIU timeout expired first.
+        pub eoiu_timed_out: u64,
+        /// Loads whose state came from a backup because the current file was unusable.
+        pub recoveries_from_backup: u64,
+        /// State files found unreadable or malformed and set aside.
+        pub corrupt_files_found: u64,
+        /// Backups made when rotating the current file before a save.
+        pub backups_created: u64,
+        /// Backups removed because they exceeded the retention count.
+        pub backups_cleaned: u64,
+        /// State files removed because they were older than the maximum age (or dated in the future).
+        pub stale_files_removed: u64,
+        /// Saves that reached the disk (fsynced and renamed into place).
+        pub state_saves: u64,
+        /// Saves that failed; the previous file is left as it was.
+        pub state_save_failures: u64,
+        /// Time from start of initial sync to its end (EOIU or timeout).
+        pub initial_sync: DurationStats,
+    }
 }
 
 impl WarmRestartMetrics {
