@@ -1,9 +1,10 @@
 //! `cargo xtask test`: the whole suite, as CI runs it: installs what is missing, builds the
 //! eBPF object, checks formatting and clippy (the fuzz crate's too), runs the unit tests (the
 //! root-only ones included), then the end-to-end tests against real redis-server and real veth
-//! ports (root required; they fail loudly without it), then every fuzz target for a bounded
-//! time. Ends with one line totalling every test binary's result, each fuzz target counting as
-//! one test.
+//! ports (root required; they fail loudly without it), then the .deb (built, installed with
+//! dpkg, one end-to-end scenario run with the installed binary, removed), then every fuzz target
+//! for a bounded time. Ends with one line totalling every test binary's result, each fuzz target
+//! and the package's install checks counting as one test.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -102,14 +103,55 @@ pub fn run_tests(opts: Options) -> anyhow::Result<()> {
         e2e.arg(format!("--test-threads={}", opts.e2e_threads));
         run_tests_counted(&mut e2e, &mut tally)
     });
+    let package = package_counted(&crate::package::Options::default(), &mut tally);
     // Whatever the tests did: the fuzzers need neither root nor Redis.
     let fuzz = fuzz_counted(opts.fuzz_secs, &mut tally);
     // The closing line CI reads: one word with a colon, then the totals.
     println!("total: {} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
-    match (e2e, fuzz) {
-        (Err(tests), Err(fuzz)) => Err(anyhow::anyhow!("{tests:#}; {fuzz:#}")),
-        (tests, fuzz) => tests.and(fuzz),
+    let errors: Vec<String> =
+        [e2e, package, fuzz].into_iter().filter_map(Result::err).map(|e| format!("{e:#}")).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(errors.join("; ")))
     }
+}
+
+/// The end-to-end scenario run with the installed binary: short (two ports), in eBPF mode so
+/// that the packaged binary's embedded object is loaded for real.
+const PACKAGE_E2E_TEST: (&str, &str) = ("link_state", "admin_and_carrier_changes_update_state_db_ebpf");
+
+/// The .deb as an operator gets it: built (the suite's one release build), installed with dpkg
+/// and checked (one test), then one end-to-end scenario with the installed `/usr/bin/portsyncd`
+/// (counted from its own libtest line). Removed again whatever happened.
+fn package_counted(opts: &crate::package::Options, tally: &mut Tally) -> anyhow::Result<()> {
+    let installed = crate::package::build(opts).and_then(|deb| crate::package::install_and_check(&deb));
+    if installed.is_ok() {
+        tally.passed += 1;
+    } else {
+        tally.failed += 1;
+    }
+    let e2e = installed.and_then(|()| {
+        let (file, test) = PACKAGE_E2E_TEST;
+        let mut cmd = cargo();
+        cmd.env("PORTSYNCD_BIN", crate::package::INSTALLED_BIN)
+            .args(["test", "-p", "portsyncd-e2e", "--test", file])
+            .args(["--", "--exact", test]);
+        run_tests_counted(&mut cmd, tally)
+    });
+    let removed = crate::package::remove();
+    match (e2e, removed) {
+        (Err(test), Err(remove)) => Err(anyhow::anyhow!("{test:#}; {remove:#}")),
+        (test, remove) => test.and(remove),
+    }
+}
+
+/// `cargo xtask package --check`: the package step alone, with its own closing line.
+pub fn package_step(opts: &crate::package::Options) -> anyhow::Result<()> {
+    let mut tally = Tally::default();
+    let res = package_counted(opts, &mut tally);
+    println!("total: {} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
+    res
 }
 
 /// Runs every fuzz target for `secs` seconds; each is one test, passed when it ran inputs and
