@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: a private redis-server, a namespace with veth ports, the orchagent
-//! stand-in and the release daemon; flaps the ports and prints STATE_DB, counters and latency.
-//! Needs root. Everything it creates is removed on exit, on error and on Ctrl-C.
+//! stand-in and the release daemon; flaps the ports and prints STATE_DB, counters and latency,
+//! and charts the daemon's histogram log into `target/demo/` (kept, unlike everything else).
+//! Needs root. Everything else it creates is removed on exit, on error and on Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,6 +19,10 @@ use tokio::signal::unix::{signal, SignalKind};
 const MAX_PORTS: u32 = 4096;
 /// Deadline for STATE_DB to converge after a storm; linkwatch reports ~100 carrier changes/s.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where the demo leaves what outlives it: the daemon's histogram log and its chart.
+const OUTPUT_DIR: &str = "target/demo";
+/// Short histogram intervals, so that even a few-second demo logs several of them.
+const HISTOGRAM_INTERVAL_SECS: &str = "1";
 
 /// Options of `cargo xtask demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -191,8 +196,27 @@ fn demo(opts: &Options, capture: Capture, binary: &std::path::Path, interrupt: &
     let ns = NetNs::new();
     interrupt.check()?;
 
+    let out_dir = xtask::workspace_root().join(OUTPUT_DIR);
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let histogram_log = out_dir.join("latency.hlog");
+    let chart = out_dir.join("latency.svg");
+    // A chart left by an earlier run must not pass for this one's if this run fails to draw.
+    for stale in [&histogram_log, &chart] {
+        if let Err(e) = std::fs::remove_file(stale) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e).with_context(|| format!("cannot remove {}", stale.display()));
+            }
+        }
+    }
+
     println!("demo: starting {} --capture {} in namespace {}", binary.display(), capture, ns.name());
-    let mut daemon = Daemon::start(&ns, &redis, DaemonOpts::new(capture).binary(binary));
+    let daemon_opts = DaemonOpts::new(capture).binary(binary).args([
+        "--histogram-log".to_owned(),
+        histogram_log.display().to_string(),
+        "--histogram-interval-secs".to_owned(),
+        HISTOGRAM_INTERVAL_SECS.to_owned(),
+    ]);
+    let mut daemon = Daemon::start(&ns, &redis, daemon_opts);
     let stats = wait(interrupt, Duration::from_secs(20), "initial sync", || {
         if !daemon.is_running() {
             return Err(format!("portsyncd exited:\n{}", daemon.log_tail(30)));
@@ -278,7 +302,11 @@ fn demo(opts: &Options, capture: Capture, binary: &std::path::Path, interrupt: &
     }
     print_latency(stats.get("/latency"));
 
+    // The daemon writes its last interval when it stops, so the chart comes after.
     let status = daemon.stop();
+    let table = crate::report::render_file(&histogram_log, &chart).context("cannot chart the histogram log")?;
+    println!("\nlatency chart (cargo xtask report {}): {}", histogram_log.display(), chart.display());
+    print!("{}", table.to_text());
     println!("\ndemo: portsyncd stopped ({status}); removing namespace, redis-server and temp files");
     if mismatches != 0 {
         bail!("{mismatches} port(s) differ between STATE_DB and the kernel");

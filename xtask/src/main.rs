@@ -4,6 +4,8 @@ mod bench;
 mod build_ebpf;
 mod demo;
 mod fuzz;
+mod package;
+mod report;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,13 @@ enum Command {
     /// Fuzz the parsers of untrusted input (netlink, eBPF records, database_config.json, the
     /// TOML config, the state file) for `--secs` each; fails on any crash.
     Fuzz(fuzz::Options),
+    /// Chart a `--histogram-log` (HdrHistogram V2 interval log) as SVG: latency by percentile per
+    /// tag, with the percentile table beside it; prints the chart's path and the table.
+    Report(report::Options),
+    /// Build the .deb (cargo-deb): the release daemon, its systemd unit, the supervisord program
+    /// for SONiC's swss container, an example config, man page and completions; prints its path
+    /// and file list.
+    Package(package::Options),
     /// Run the whole test suite (installs what is missing; needs root).
     Test(test::Options),
 }
@@ -39,6 +48,8 @@ fn main() {
         Command::BuildEbpf(o) => build_ebpf::run(o),
         Command::Demo(o) => demo::run(o),
         Command::Fuzz(o) => fuzz::run(o),
+        Command::Report(o) => report::run(o),
+        Command::Package(o) => package::run(o),
         Command::Test(o) => test::run_tests(o),
     };
     if let Err(e) = res {
