@@ -677,7 +677,11 @@ mod tests {
         assert!(within_precision(first[3].4.max() as f64, 700_000.0));
         assert_eq!((second[1].4.len(), second[3].4.len()), (0, 0), "empty intervals are still logged");
         let delivery = Kind::ALL.iter().position(|k| *k == Kind::Delivery).unwrap();
-        assert_eq!((first[delivery].4.len(), second[delivery].4.len()), (1, 0), "every series starts each interval empty");
+        assert_eq!(
+            (first[delivery].4.len(), second[delivery].4.len()),
+            (1, 0),
+            "every series starts each interval empty"
+        );
         // Intervals tile the time line: the second starts where the first ended.
         let first_end = first[0].1 + first[0].2;
         assert!(second[0].1.abs_diff(first_end) <= Duration::from_millis(2), "{first_end:?} vs {:?}", second[0].1);
