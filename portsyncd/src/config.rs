@@ -467,14 +467,17 @@ mod tests {
         }
     }
 
+    /// clap's `conflicts_with` sees only flags; one target from a flag and the other from the file
+    /// is our merge's to refuse.
     #[test]
-    fn unknown_flag_is_rejected() {
-        assert!(Args::try_parse_from(["portsyncd", "--bogus"]).is_err());
-    }
-
-    #[test]
-    fn redis_and_database_config_conflict() {
-        assert!(Args::try_parse_from(["portsyncd", "--redis", "unix:///x", "--database-config", "/y"]).is_err());
+    fn redis_and_database_config_from_flag_and_file_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "database_config = \"/y\"\n").unwrap();
+        match parse(&["--config", path.to_str().unwrap(), "--redis", "unix:///x"]) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "redis"),
+            other => panic!("expected an error naming redis, got {other:?}"),
+        }
     }
 
     #[test]

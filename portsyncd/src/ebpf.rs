@@ -27,9 +27,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 /// the daemon is busy writing Redis.
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 /// The smallest page size Linux has; aya rounds the ring up to the real page size.
-const MIN_RING_BYTES: u32 = 4096;
-/// Name prefixes SONiC's portsyncd cares about (LinkSync handles only these).
-pub const DEFAULT_PREFIXES: [&str; 2] = ["Ethernet", "PortChannel"];
+pub const MIN_RING_BYTES: u32 = 4096;
 
 /// The object built by `portsyncd/build.rs` (see there for where it comes from).
 fn object() -> &'static [u8] {
@@ -82,7 +80,9 @@ pub struct EbpfConfig {
 
 impl Default for EbpfConfig {
     fn default() -> Self {
-        Self { ring_bytes: DEFAULT_RING_BYTES, prefixes: DEFAULT_PREFIXES.iter().map(|p| (*p).to_owned()).collect() }
+        // Dropping in the kernel exactly what LinkSync would ignore by name.
+        let prefixes = crate::linksync::PORT_PREFIXES.iter().map(|p| (*p).to_owned()).collect();
+        Self { ring_bytes: DEFAULT_RING_BYTES, prefixes }
     }
 }
 
@@ -471,7 +471,9 @@ pub fn filter_config(prefixes: &[String]) -> Result<FilterConfig, EbpfError> {
     Ok(cfg)
 }
 
-fn check_ring_bytes(bytes: u32) -> Result<(), EbpfError> {
+/// The kernel's rule for a ring buffer's size: a power of two of at least a page. Checked by the
+/// configuration too, so a bad `ring_bytes` is refused at start in every capture mode.
+pub fn check_ring_bytes(bytes: u32) -> Result<(), EbpfError> {
     if bytes.is_power_of_two() && bytes >= MIN_RING_BYTES {
         Ok(())
     } else {
@@ -648,6 +650,7 @@ fn start_logger(bpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
+// Loading the program onto a real socket needs root and a namespace: tests/tests/ebpf_filter.rs.
 #[cfg(test)]
 mod tests {
     use portsyncd_common::{origin, present, RTM_DELLINK, RTM_NEWLINK};
@@ -812,229 +815,5 @@ mod tests {
             Refusal::Verifier("R2 pointer arithmetic prohibited".to_owned())
         );
         assert_eq!(program_refusal(Errno::EINVAL, ""), Refusal::Verifier("(no verifier log)".to_owned()));
-    }
-
-    /// The real thing: loads the program onto a netlink socket inside a fresh network namespace,
-    /// makes links there and checks what arrives in the ring and what reaches the socket.
-    ///
-    /// Network namespaces are per thread and entering one needs `setns`, so the test re-runs
-    /// itself under `ip netns exec` (the child does the work) instead of switching in-process.
-    #[test]
-    #[ignore = "needs root and a network namespace; `cargo xtask test` (CI) runs it with --include-ignored"]
-    fn captures_port_events_in_a_netns() {
-        if std::env::var_os(NETNS_CHILD_ENV).is_some() {
-            netns::run_child();
-        } else {
-            netns::run_parent("ebpf::tests::captures_port_events_in_a_netns");
-        }
-    }
-
-    const NETNS_CHILD_ENV: &str = "PORTSYNCD_EBPF_TEST_IN_NETNS";
-
-    mod netns {
-        use std::{
-            os::fd::AsFd,
-            process::Command,
-            time::{Duration, Instant},
-        };
-
-        use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
-        use portsyncd_common::{origin, present, PortEvent, IFF_RUNNING, IFF_UP, RTM_DELLINK, RTM_NEWLINK};
-
-        use super::super::*;
-        use super::NETNS_CHILD_ENV;
-
-        const RTNLGRP_LINK: u32 = 1;
-        const AF_UNSPEC: u8 = 0;
-        const AF_BRIDGE: u8 = 7;
-        const IF_OPER_UP: u8 = 6;
-
-        struct NetNs(String);
-
-        impl Drop for NetNs {
-            fn drop(&mut self) {
-                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-            }
-        }
-
-        pub(super) fn run_parent(test_name: &str) {
-            let ns = NetNs(format!("psebpf{}", std::process::id()));
-            let added = Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap();
-            assert!(added.success(), "`ip netns add` failed: this test needs root");
-            let exe = std::env::current_exe().unwrap();
-            let out = Command::new("ip")
-                .args(["netns", "exec", &ns.0])
-                .arg(exe)
-                .args([test_name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-                .env(NETNS_CHILD_ENV, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            print!("{stdout}");
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success(), "child test failed: {}", out.status);
-            assert!(stdout.contains("1 passed"), "child ran no test");
-        }
-
-        fn ip(args: &str) {
-            let status = Command::new("ip").args(args.split(' ')).status().unwrap();
-            assert!(status.success(), "ip {args} failed");
-        }
-
-        fn event_socket() -> Socket {
-            let mut sock = Socket::new(NETLINK_ROUTE).unwrap();
-            sock.bind_auto().unwrap();
-            sock.add_membership(RTNLGRP_LINK).unwrap();
-            sock.set_non_blocking(true).unwrap();
-            sock
-        }
-
-        /// Datagrams queued on the socket right now.
-        fn socket_datagrams(sock: &Socket) -> usize {
-            let mut n = 0;
-            let mut buf = vec![0u8; 64 * 1024];
-            while sock.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {
-                n += 1;
-            }
-            n
-        }
-
-        async fn collect_until(
-            cap: &mut EbpfCapture,
-            events: &mut Vec<PortEvent>,
-            done: impl Fn(&[PortEvent]) -> bool,
-        ) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !done(events) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                assert!(!left.is_zero(), "timed out; events so far: {events:#?}");
-                if tokio::time::timeout(left, cap.readable()).await.is_ok() {
-                    cap.drain(events, usize::MAX);
-                }
-            }
-        }
-
-        fn named<'a>(events: &'a [PortEvent], name: &str) -> Vec<&'a PortEvent> {
-            events.iter().filter(|e| e.name_bytes() == name.as_bytes()).collect()
-        }
-
-        pub(super) fn run_child() {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                ip("link set lo up");
-                let sock = event_socket();
-                let mut cap = EbpfCapture::attach(sock.as_fd(), &EbpfConfig::default()).unwrap();
-                println!(
-                    "load+verify+attach: {:?}, of which verification: {:?}, verified instructions: {:?}",
-                    cap.load_duration(),
-                    cap.verify_duration(),
-                    cap.verified_instructions()
-                );
-                let mut events = Vec::new();
-
-                // No dummy driver on the test kernel: ifb and bridge devices stand in.
-                ip("link add Ethernet0 type veth peer name pe0");
-                ip("link add foo0 type ifb");
-                ip("link add Eth0 type ifb");
-                ip("link add Ethernet type ifb");
-                ip("link add PortChannel1 type bridge");
-                ip("link set Ethernet0 mtu 9100");
-                ip("link set pe0 up");
-                ip("link set Ethernet0 up");
-                ip("link set foo0 up");
-                ip("link set Eth0 up");
-                // Carrier on a veth comes through linkwatch, asynchronously.
-                collect_until(&mut cap, &mut events, |evs| {
-                    named(evs, "Ethernet0")
-                        .iter()
-                        .any(|e| e.flags & (IFF_UP | IFF_RUNNING) == IFF_UP | IFF_RUNNING)
-                })
-                .await;
-                ip("link set Ethernet0 master PortChannel1");
-                ip("link set Ethernet0 nomaster");
-                ip("link set Ethernet0 down");
-                ip("link del PortChannel1");
-                collect_until(&mut cap, &mut events, |evs| {
-                    let down = named(evs, "Ethernet0")
-                        .last()
-                        .is_some_and(|e| e.flags & IFF_UP == 0);
-                    let deleted =
-                        named(evs, "PortChannel1").iter().any(|e| e.msg_type == RTM_DELLINK);
-                    down && deleted
-                })
-                .await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                cap.drain(&mut events, usize::MAX);
-
-                for e in &events {
-                    println!(
-                        "{:<13} type={} family={} flags={:#x} mtu={} master={} oper={} carrier={} kind={:?} present={:#x}",
-                        String::from_utf8_lossy(e.name_bytes()),
-                        e.msg_type,
-                        e.family,
-                        e.flags,
-                        e.mtu,
-                        e.master,
-                        e.operstate,
-                        e.carrier,
-                        String::from_utf8_lossy(e.kind_bytes()),
-                        e.present
-                    );
-                }
-                let pc = named(&events, "PortChannel1");
-                assert_eq!(pc.first().map(|e| e.msg_type), Some(RTM_NEWLINK));
-                assert_eq!(pc.last().map(|e| e.msg_type), Some(RTM_DELLINK));
-                assert!(pc.iter().all(|e| e.kind_bytes() == b"bridge" && e.family == AF_UNSPEC));
-                let pc_ifindex = pc[0].ifindex;
-
-                let eth = named(&events, "Ethernet0");
-                assert!(eth.iter().all(|e| e.origin == origin::EBPF && e.timestamp_ns > 0));
-                let (link, bridge): (Vec<&PortEvent>, Vec<&PortEvent>) =
-                    eth.iter().partition(|e| e.family == AF_UNSPEC);
-                assert!(link.iter().all(|e| e.msg_type == RTM_NEWLINK && e.kind_bytes() == b"veth"));
-                assert!(link.iter().all(|e| e.present & (present::MTU | present::CARRIER | present::OPERSTATE | present::KIND) == present::MTU | present::CARRIER | present::OPERSTATE | present::KIND));
-                assert!(link.iter().any(|e| e.mtu == 9100 && e.flags & IFF_RUNNING != 0 && e.carrier == 1 && e.operstate == IF_OPER_UP));
-                assert!(link.iter().any(|e| e.present & present::MASTER != 0 && e.master == pc_ifindex));
-                assert!(link.last().is_some_and(|e| e.flags & IFF_UP == 0 && e.present & present::MASTER == 0));
-                assert!(bridge.iter().all(|e| e.family == AF_BRIDGE && e.master == pc_ifindex));
-                assert!(bridge.iter().any(|e| e.msg_type == RTM_DELLINK), "leaving the bridge");
-                assert!(!named(&events, "Ethernet").is_empty(), "a name equal to a prefix matches");
-                for other in ["foo0", "pe0", "Eth0", "lo"] {
-                    assert!(named(&events, other).is_empty(), "{other} must be filtered");
-                }
-
-                let c = cap.counters().unwrap();
-                println!("counters: {c:?}, decode errors: {}", cap.decode_errors());
-                assert_eq!(c.events, events.len() as u64);
-                assert!(c.filtered >= 6, "foo0, pe0, Eth0 (create + up each): {c:?}");
-                assert_eq!(c.not_link, 0, "RTNLGRP_LINK carries only link messages: {c:?}");
-                assert_eq!((c.ring_full, c.parse_errors), (0, 0), "{c:?}");
-                assert_eq!(cap.decode_errors(), 0);
-                assert_eq!(socket_datagrams(&sock), 0, "captured and filtered messages never reach the socket");
-
-                // A one-page ring that nobody drains: the overflow goes to the socket, counted.
-                let sock2 = event_socket();
-                let small = EbpfConfig { ring_bytes: 4096, ..EbpfConfig::default() };
-                let mut cap2 = EbpfCapture::attach(sock2.as_fd(), &small).unwrap();
-                for mtu in 1300..1400 {
-                    ip(&format!("link set Ethernet0 mtu {mtu}"));
-                }
-                let c2 = cap2.counters().unwrap();
-                let mut ring_events = Vec::new();
-                cap2.drain(&mut ring_events, usize::MAX);
-                let overflow = socket_datagrams(&sock2);
-                println!("small ring: {c2:?}, drained {}, socket got {overflow}", ring_events.len());
-                assert_eq!(c2.events, ring_events.len() as u64);
-                assert!(c2.ring_full > 0, "{c2:?}");
-                assert_eq!(c2.ring_full, overflow as u64, "every overflowed message reaches the socket");
-                assert_eq!(c2.events + c2.ring_full, 100, "one notification per mtu change");
-                assert!(ring_events.windows(2).all(|w| w[0].mtu + 1 == w[1].mtu));
-
-                EbpfCapture::detach(sock2.as_fd()).unwrap();
-                ip("link set Ethernet0 mtu 1500");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                assert_eq!(socket_datagrams(&sock2), 1, "detached: the socket sees messages again");
-            });
-        }
     }
 }

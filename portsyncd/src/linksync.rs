@@ -9,6 +9,9 @@ use portsyncd_common::{PortEvent, RTM_DELLINK, RTM_NEWLINK};
 pub const INTFS_PREFIX: &str = "Ethernet";
 /// LAG names (teamd's netdevs are dropped by kind).
 pub const LAG_PREFIX: &str = "PortChannel";
+/// Every name prefix LinkSync handles: the rule in [`classify`], the kernel filter's default
+/// table, and the STATE_DB rows a start-up baseline scans for.
+pub const PORT_PREFIXES: [&str; 2] = [INTFS_PREFIX, LAG_PREFIX];
 /// Link kind of teamd LAG netdevs: teamsyncd's business.
 pub const TEAM_KIND: &[u8] = b"team";
 
@@ -119,7 +122,7 @@ pub fn classify(ev: &PortEvent, old_ifindexes: &HashSet<u32>) -> Verdict {
         return Verdict::Ignore(Ignored::NotLink);
     }
     let raw = ev.name_bytes();
-    if !(raw.starts_with(INTFS_PREFIX.as_bytes()) || raw.starts_with(LAG_PREFIX.as_bytes())) {
+    if !PORT_PREFIXES.iter().any(|p| raw.starts_with(p.as_bytes())) {
         return Verdict::Ignore(Ignored::Name);
     }
     let Some(name) = PortName::new(raw) else {

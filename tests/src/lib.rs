@@ -2,6 +2,7 @@
 //! an orchagent stand-in and the daemon binary, each a guard that cleans up in `Drop`, plus Redis
 //! and kernel readers for the assertions. Run with `cargo test -p portsyncd-e2e` as root.
 
+pub mod background;
 pub mod daemon;
 pub mod db;
 pub mod fixture;
@@ -14,6 +15,7 @@ pub mod redis_server;
 pub mod storm;
 pub mod watch;
 
+pub use background::{BackgroundThread, StopFlag};
 pub use daemon::{Daemon, DaemonOpts, RunOutput, Stats};
 pub use db::{
     all_links, appl_db_port_table, appl_db_snapshot, assert_state_matches_kernel, config_db_snapshot, hash, hgetall,
@@ -58,7 +60,7 @@ impl std::fmt::Display for Capture {
     }
 }
 
-/// The workspace root (parent of this crate).
+/// The workspace root (parent of this crate); xtask re-exports it as its own.
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)

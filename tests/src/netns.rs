@@ -2,11 +2,14 @@
 //! (ifindex, IFF_UP, IFF_RUNNING, mtu read from sysfs inside the namespace) out.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Write;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -223,12 +226,50 @@ done"#;
         self.links().remove(name)
     }
 
+    /// Moves the calling thread into the namespace until the guard drops (`setns` is per
+    /// thread). Sockets created meanwhile stay in the namespace for their whole life, which is
+    /// how a test listens to its links without a process inside. Threads started meanwhile
+    /// start inside too.
+    pub fn enter(&self) -> Entered {
+        // `ip` keeps its namespaces under /var/run/netns, which is /run/netns on current systems.
+        let path = ["/run/netns", "/var/run/netns"]
+            .iter()
+            .map(|d| PathBuf::from(d).join(&self.name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("namespace {} not found under /run/netns", self.name));
+        let target = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let home = File::open("/proc/thread-self/ns/net").unwrap_or_else(|e| panic!("open own netns: {e}"));
+        nix::sched::setns(&target, CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns into {}: {e}", self.name));
+        Entered { home, _not_send: PhantomData }
+    }
+
     /// pids of processes whose network namespace is this one.
     pub fn pids(&self) -> Vec<i32> {
         let out = Command::new(ip_bin()).args(["netns", "pids", &self.name]).output();
         match out {
             Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect(),
             Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// The calling thread inside a [`NetNs`] (see [`NetNs::enter`]); back home on drop. Not `Send`:
+/// it must drop on the thread it moved.
+#[derive(Debug)]
+pub struct Entered {
+    home: File,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Err(e) = nix::sched::setns(&self.home, CloneFlags::CLONE_NEWNET) {
+            // Staying in a namespace about to be deleted would break every later test on this
+            // thread in confusing ways.
+            if !std::thread::panicking() {
+                panic!("setns back to the original network namespace: {e}");
+            }
         }
     }
 }

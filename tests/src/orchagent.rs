@@ -8,11 +8,11 @@
 //!   call of at most `batch` keys per PUBLISH received, no timer. A producer that publishes
 //!   fewer times than swss-common's (once per newly added key) leaves keys behind for good.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::background::{BackgroundThread, StopFlag};
 use crate::redis_server::RedisServer;
 
 /// The producer's key set.
@@ -70,7 +70,6 @@ enum Mode {
 
 #[derive(Debug, Default)]
 struct Shared {
-    stop: AtomicBool,
     popped_keys: AtomicU64,
     notifications: AtomicU64,
     pop_calls: AtomicU64,
@@ -82,7 +81,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct Orchagent {
     shared: Arc<Shared>,
-    handle: Option<JoinHandle<()>>,
+    _thread: BackgroundThread,
 }
 
 impl Orchagent {
@@ -105,13 +104,12 @@ impl Orchagent {
         let url = redis.url_db(crate::db::APPL_DB);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let s = Arc::clone(&shared);
-        let handle = std::thread::Builder::new()
-            .name("orchagent-standin".into())
-            .spawn(move || consumer_thread(&url, &s, mode, ready_tx))
-            .unwrap_or_else(|e| panic!("spawn orchagent stand-in: {e}"));
+        let thread =
+            BackgroundThread::spawn("orchagent-standin", move |stop| consumer_thread(&url, &s, stop, mode, ready_tx))
+                .unwrap_or_else(|e| panic!("spawn orchagent stand-in: {e}"));
         // Subscribed before returning, so a publish right after start() is not missed.
         let _ = ready_rx.recv_timeout(Duration::from_secs(5));
-        Orchagent { shared, handle: Some(handle) }
+        Orchagent { shared, _thread: thread }
     }
 
     /// Number of keys popped so far.
@@ -167,25 +165,16 @@ impl Orchagent {
     }
 }
 
-impl Drop for Orchagent {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 fn set_error(s: &Shared, e: impl std::fmt::Display) {
     if let Ok(mut g) = s.last_error.lock() {
         *g = Some(e.to_string());
     }
 }
 
-fn consumer_thread(url: &str, s: &Shared, mode: Mode, ready: std::sync::mpsc::Sender<()>) {
+fn consumer_thread(url: &str, s: &Shared, stop: &StopFlag, mode: Mode, ready: std::sync::mpsc::Sender<()>) {
     let script = redis::Script::new(POPS_LUA);
     let mut ready = Some(ready);
-    while !s.stop.load(Ordering::Relaxed) {
+    while !stop.is_raised() {
         // (Re)connect: a test may restart redis-server underneath us.
         let conns = redis::Client::open(url).and_then(|c| {
             let (mut a, mut b) = (c.get_connection()?, c.get_connection()?);
@@ -227,7 +216,7 @@ fn consumer_thread(url: &str, s: &Shared, mode: Mode, ready: std::sync::mpsc::Se
             let _ = tx.send(());
         }
         loop {
-            if s.stop.load(Ordering::Relaxed) {
+            if stop.is_raised() {
                 return;
             }
             let notified = match sub.get_message() {

@@ -1,25 +1,20 @@
 //! Keyspace-notification recorder: every command Redis applies to matching keys, in order, so a
 //! test can prove a key was never deleted or written (not just that it looks right at the end).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::background::BackgroundThread;
 use crate::redis_server::RedisServer;
 
-#[derive(Debug, Default)]
-struct Shared {
-    stop: AtomicBool,
-    events: Mutex<Vec<(String, String)>>,
-}
+type Events = Arc<Mutex<Vec<(String, String)>>>;
 
 /// Records `(key, event)` (event = command name such as `hset`, `del`) for keys of database `db`
 /// matching a glob, from the moment [`KeyspaceWatcher::start`] returns until drop.
 #[derive(Debug)]
 pub struct KeyspaceWatcher {
-    shared: Arc<Shared>,
-    handle: Option<JoinHandle<()>>,
+    events: Events,
+    _thread: BackgroundThread,
 }
 
 impl KeyspaceWatcher {
@@ -34,11 +29,11 @@ impl KeyspaceWatcher {
             .unwrap_or_else(|e| panic!("enable keyspace notifications: {e}"));
         let prefix = format!("__keyspace@{db}__:");
         let channel = format!("{prefix}{pattern}");
-        let shared = Arc::new(Shared::default());
-        let s = Arc::clone(&shared);
+        let events = Events::default();
+        let recorded = Arc::clone(&events);
         let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis client: {e}"));
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        let handle = std::thread::spawn(move || {
+        let thread = BackgroundThread::spawn("e2e-watch", move |stop| {
             let mut con = match client.get_connection() {
                 Ok(c) => c,
                 Err(e) => {
@@ -57,12 +52,12 @@ impl KeyspaceWatcher {
                 return;
             }
             let _ = tx.send(Ok(()));
-            while !s.stop.load(Ordering::Relaxed) {
+            while !stop.is_raised() {
                 match sub.get_message() {
                     Ok(msg) => {
                         let key = msg.get_channel_name().strip_prefix(&prefix).unwrap_or_default().to_owned();
                         let event: String = msg.get_payload().unwrap_or_default();
-                        if let Ok(mut ev) = s.events.lock() {
+                        if let Ok(mut ev) = recorded.lock() {
                             ev.push((key, event));
                         }
                     }
@@ -70,18 +65,19 @@ impl KeyspaceWatcher {
                     Err(_) => return,
                 }
             }
-        });
+        })
+        .unwrap_or_else(|e| panic!("spawn keyspace watcher: {e}"));
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("keyspace watcher subscribe: {e}"),
             Err(e) => panic!("keyspace watcher did not subscribe: {e}"),
         }
-        KeyspaceWatcher { shared, handle: Some(handle) }
+        KeyspaceWatcher { events, _thread: thread }
     }
 
     /// All `(key, event)` pairs so far.
     pub fn events(&self) -> Vec<(String, String)> {
-        self.shared.events.lock().map(|e| e.clone()).unwrap_or_default()
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// Waits until at least `n` events on `key` were received. Redis delivers notifications in
@@ -100,14 +96,5 @@ impl KeyspaceWatcher {
     /// Events on exactly `key`.
     pub fn events_for(&self, key: &str) -> Vec<String> {
         self.events().into_iter().filter(|(k, _)| k == key).map(|(_, e)| e).collect()
-    }
-}
-
-impl Drop for KeyspaceWatcher {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }

@@ -102,7 +102,7 @@ fn invalid_database_config_exits_1_with_one_error_line() {
 fn unreachable_redis_url_exits_1_with_one_error_line() {
     let ns = NetNs::new();
     let out = run(&ns, &["--redis", "unix:///nonexistent-psd-dir/redis.sock"]);
-    assert_exit_1_with_one_error_line(&out, "");
+    assert_exit_1_with_one_error_line(&out, "cannot connect to APPL_DB at /nonexistent-psd-dir/redis.sock: ");
 }
 
 #[test]
@@ -120,7 +120,9 @@ fn unreachable_redis_from_database_config_exits_1_with_one_error_line() {
     std::fs::write(&path, cfg.to_string()).unwrap();
     let p = path.display().to_string();
     let out = run(&ns, &["--database-config", &p]);
-    assert_exit_1_with_one_error_line(&out, "");
+    // The unix socket is preferred over the instance's TCP port.
+    let sock = dir.path().join("missing.sock");
+    assert_exit_1_with_one_error_line(&out, &format!("cannot connect to APPL_DB at {}: ", sock.display()));
 }
 
 /// `PORT|Ethernet5` as a string (not a hash) is logged and skipped; the other ports are

@@ -1,6 +1,7 @@
 //! Self-tests of the harness: the guards clean up, the kernel reader and the orchagent stand-in
 //! behave like the real things they stand in for. None of these need the daemon binary.
 
+use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::Duration;
@@ -77,6 +78,29 @@ fn netns_drop_kills_processes_left_inside() {
     let status = child.wait().unwrap();
     assert!(!status.success());
     assert!(!netns_exists(&name));
+}
+
+#[test]
+fn netns_enter_moves_only_this_thread_and_drop_brings_it_back() {
+    let own = || std::fs::read_link("/proc/thread-self/ns/net").expect("own netns");
+    let home = own();
+    let ns = NetNs::new();
+    let named = std::fs::metadata(format!("/run/netns/{}", ns.name())).expect("namespace file");
+    // Started before `enter`: a thread started inside would inherit the namespace.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        let _ = wait.recv();
+        own()
+    });
+    {
+        let _inside = ns.enter();
+        let inside = own();
+        assert_ne!(inside, home);
+        assert!(inside.to_string_lossy().contains(&named.ino().to_string()), "{inside:?} is not {}", ns.name());
+        go.send(()).expect("wake the other thread");
+        assert_eq!(other.join().expect("other thread"), home, "another thread moved too");
+    }
+    assert_eq!(own(), home, "not back home after drop");
 }
 
 #[test]

@@ -2,8 +2,6 @@
 //! reader parses, with latency intervals for the events that happened, and SIGUSR1 and exit
 //! append the percentile table as comment lines.
 
-use std::time::Duration;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
@@ -11,6 +9,11 @@ use hdrhistogram::serialization::Deserializer;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use portsyncd_e2e::{all_links, wait_until, Capture, DaemonOpts, Fixture, DEFAULT_TIMEOUT};
+
+/// Percentile tables in the log: each has one comment header line naming its columns.
+fn percentile_tables(text: &str) -> usize {
+    text.lines().filter(|l| l.starts_with('#') && l.contains("Value") && l.contains("Percentile")).count()
+}
 
 #[test]
 fn histogram_log_is_a_readable_v2_interval_log_with_percentile_tables() {
@@ -32,7 +35,9 @@ fn histogram_log_is_a_readable_v2_interval_log_with_percentile_tables() {
     });
     let pid = fx.daemon().pid() as i32;
     kill(Pid::from_raw(pid), Signal::SIGUSR1).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(DEFAULT_TIMEOUT, "the SIGUSR1 percentile table in the log", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| percentile_tables(&t) >= 1)
+    });
     assert!(fx.daemon().is_running(), "SIGUSR1 must not stop the daemon");
     assert!(fx.daemon().stop().success());
 
@@ -56,6 +61,6 @@ fn histogram_log_is_a_readable_v2_interval_log_with_percentile_tables() {
     assert!(intervals >= 4, "one line per tag per interval: {intervals}\n{text}");
     // 4 ports created + 2 changes at least; every STATE_DB write is one latency sample.
     assert!(latency_count >= 6, "latency samples in the intervals: {latency_count}");
-    let tables = text.lines().filter(|l| l.contains("Value") && l.contains("Percentile") && l.starts_with('#')).count();
+    let tables = percentile_tables(&text);
     assert!(tables >= 2, "percentile tables from SIGUSR1 and from exit, as comments: {tables}\n{text}");
 }

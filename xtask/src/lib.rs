@@ -1,16 +1,12 @@
 //! Shared helpers of the xtask commands: locating the workspace and running child processes
 //! with their full command line in the error.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
-/// The workspace root (the parent of `xtask/`).
-pub fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
-}
+/// The workspace root, as the test harness finds it (xtask depends on it anyway, for the bench).
+pub use portsyncd_e2e::workspace_root;
 
 /// Runs `cmd` to completion; a non-zero exit is an error naming the command.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

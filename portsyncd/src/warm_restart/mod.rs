@@ -50,7 +50,7 @@ pub async fn baseline_from_state_db(
 ) -> Result<HashMap<PortName, PortState>, WriteError> {
     let mut conn = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout);
     let mut found: Vec<Vec<String>> = Vec::new();
-    for prefix in [crate::linksync::INTFS_PREFIX, crate::linksync::LAG_PREFIX] {
+    for prefix in crate::linksync::PORT_PREFIXES {
         found.push(scan_keys(&mut conn, &format!("{}*", dbs.state.key(PORT_TABLE, prefix))).await?);
     }
     let key_prefix = dbs.state.key(PORT_TABLE, "");

@@ -3,9 +3,8 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -15,6 +14,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use nix::sched::CloneFlags;
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
+use portsyncd_e2e::{BackgroundThread, StopFlag};
 
 use super::now_ns;
 
@@ -51,7 +51,6 @@ pub struct KernelEvent {
 
 #[derive(Debug, Default)]
 struct Shared {
-    stop: AtomicBool,
     enobufs: AtomicU64,
     last_ns: AtomicU64,
     received: AtomicU64,
@@ -69,7 +68,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct KernelListener {
     shared: Arc<Shared>,
-    handles: Vec<JoinHandle<()>>,
+    /// Receiver first: dropping it closes the decoder's channel, which ends the decoder.
+    _threads: [BackgroundThread; 2],
     /// Whether the receiving thread runs SCHED_FIFO (see [`super::realtime`]).
     pub realtime: bool,
 }
@@ -88,13 +88,11 @@ impl KernelListener {
         let (raw_tx, raw_rx) = mpsc::channel::<(u64, Vec<u8>)>();
         let (tx, rx) = mpsc::channel();
         let s = Arc::clone(&shared);
-        let receiver = std::thread::Builder::new()
-            .name(format!("bench-netlink-{ns}"))
-            .spawn(move || receive(nsfile, &s, &raw_tx, tx))
-            .context("spawn netlink receiver thread")?;
-        let mut me = KernelListener { shared, handles: vec![receiver], realtime: false };
-        let s = Arc::clone(&me.shared);
-        let decoder = std::thread::Builder::new().name(format!("bench-decode-{ns}")).spawn(move || {
+        let receiver =
+            BackgroundThread::spawn(format!("bench-netlink-{ns}"), move |stop| receive(nsfile, &s, stop, &raw_tx, tx))
+                .context("spawn netlink receiver thread")?;
+        let s = Arc::clone(&shared);
+        let decoder = BackgroundThread::spawn(format!("bench-decode-{ns}"), move |_| {
             // Ends when the receiver drops its sender.
             for (t, dgram) in raw_rx {
                 let mut got = Vec::new();
@@ -106,27 +104,13 @@ impl KernelListener {
                 }
                 s.decoded.fetch_add(1, Ordering::Release);
             }
-        });
-        match decoder {
-            Ok(h) => me.handles.push(h),
-            Err(e) => {
-                me.join();
-                return Err(anyhow!("spawn netlink decoder thread: {e}"));
-            }
-        }
+        })
+        .context("spawn netlink decoder thread")?;
+        // On an error both threads are dropped, which stops and joins them.
         match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(tid)) => {
-                me.realtime = super::realtime(tid);
-                Ok(me)
-            }
-            Ok(Err(e)) => {
-                me.join();
-                Err(anyhow!("netlink listener in {ns}: {e}"))
-            }
-            Err(e) => {
-                me.join();
-                Err(anyhow!("netlink listener in {ns} did not start: {e}"))
-            }
+            Ok(Ok(tid)) => Ok(KernelListener { shared, _threads: [receiver, decoder], realtime: super::realtime(tid) }),
+            Ok(Err(e)) => Err(anyhow!("netlink listener in {ns}: {e}")),
+            Err(e) => Err(anyhow!("netlink listener in {ns} did not start: {e}")),
         }
     }
 
@@ -157,19 +141,6 @@ impl KernelListener {
     pub fn error(&self) -> Option<String> {
         self.shared.error.lock().ok().and_then(|e| e.clone())
     }
-
-    fn join(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for KernelListener {
-    fn drop(&mut self) {
-        self.join();
-    }
 }
 
 fn open_socket(nsfile: File) -> io::Result<Socket> {
@@ -187,7 +158,13 @@ fn open_socket(nsfile: File) -> io::Result<Socket> {
     Ok(sock)
 }
 
-fn receive(nsfile: File, s: &Shared, out: &mpsc::Sender<(u64, Vec<u8>)>, ready: mpsc::Sender<Result<i32, String>>) {
+fn receive(
+    nsfile: File,
+    s: &Shared,
+    stop: &StopFlag,
+    out: &mpsc::Sender<(u64, Vec<u8>)>,
+    ready: mpsc::Sender<Result<i32, String>>,
+) {
     let sock = match open_socket(nsfile) {
         Ok(sock) => {
             let _ = ready.send(Ok(nix::unistd::gettid().as_raw()));
@@ -199,7 +176,7 @@ fn receive(nsfile: File, s: &Shared, out: &mpsc::Sender<(u64, Vec<u8>)>, ready: 
         }
     };
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    while !s.stop.load(Ordering::Relaxed) {
+    while !stop.is_raised() {
         buf.clear();
         match sock.recv(&mut buf, 0) {
             Ok(_) => {
@@ -284,11 +261,14 @@ mod tests {
         ns.ports_up([7]);
         ns.ip(&["link", "set", "Ethernet7", "mtu", "9000"]);
         ns.ip(&["link", "del", "Ethernet7"]);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !l.events_since(t0).iter().any(|e| e.msg_type == RTM_DELLINK) {
-            assert!(std::time::Instant::now() < deadline, "no RTM_DELLINK seen: {:?}", l.events_since(t0));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        portsyncd_e2e::wait_for(portsyncd_e2e::DEFAULT_TIMEOUT, "the RTM_DELLINK of Ethernet7", || {
+            let ev = l.events_since(t0);
+            if ev.iter().any(|e| e.msg_type == RTM_DELLINK) {
+                Ok(())
+            } else {
+                Err(format!("{ev:?}"))
+            }
+        });
         let ev = l.events_since(t0);
         assert!(ev.iter().all(|e| e.port == "Ethernet7" && e.t_ns >= t0), "{ev:?}");
         assert_eq!(ev.first().map(|e| e.kind.as_deref()), Some(Some("veth")), "{ev:?}");

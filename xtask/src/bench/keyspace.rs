@@ -3,13 +3,12 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use portsyncd_e2e::{RedisServer, APPL_DB, STATE_DB};
+use portsyncd_e2e::{BackgroundThread, RedisServer, StopFlag, APPL_DB, STATE_DB};
 
 use super::now_ns;
 
@@ -42,7 +41,6 @@ impl KsEvent {
 
 #[derive(Debug, Default)]
 struct Shared {
-    stop: AtomicBool,
     last_state_ns: AtomicU64,
     events: Mutex<Vec<KsEvent>>,
     error: Mutex<Option<String>>,
@@ -52,7 +50,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct KeyspaceRecorder {
     shared: Arc<Shared>,
-    handle: Option<JoinHandle<()>>,
+    _thread: BackgroundThread,
     /// Whether the thread runs SCHED_FIFO (see [`super::realtime`]).
     pub realtime: bool,
 }
@@ -86,24 +84,13 @@ impl KeyspaceRecorder {
         let shared = Arc::new(Shared::default());
         let s = Arc::clone(&shared);
         let (tx, rx) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("bench-keyspace".into())
-            .spawn(move || subscribe(stream, &patterns, &s, tx))
+        let thread = BackgroundThread::spawn("bench-keyspace", move |stop| subscribe(stream, &patterns, &s, stop, tx))
             .context("spawn keyspace thread")?;
-        let mut me = KeyspaceRecorder { shared, handle: Some(handle), realtime: false };
+        // On an error `thread` is dropped, which stops and joins it.
         match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(tid)) => {
-                me.realtime = super::realtime(tid);
-                Ok(me)
-            }
-            Ok(Err(e)) => {
-                me.stop();
-                Err(anyhow!("keyspace PSUBSCRIBE: {e}"))
-            }
-            Err(e) => {
-                me.stop();
-                Err(anyhow!("keyspace subscriber did not start: {e}"))
-            }
+            Ok(Ok(tid)) => Ok(KeyspaceRecorder { shared, _thread: thread, realtime: super::realtime(tid) }),
+            Ok(Err(e)) => Err(anyhow!("keyspace PSUBSCRIBE: {e}")),
+            Err(e) => Err(anyhow!("keyspace subscriber did not start: {e}")),
         }
     }
 
@@ -127,19 +114,6 @@ impl KeyspaceRecorder {
     /// A subscriber error that ended the thread, if any.
     pub fn error(&self) -> Option<String> {
         self.shared.error.lock().ok().and_then(|e| e.clone())
-    }
-
-    fn stop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for KeyspaceRecorder {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -198,7 +172,13 @@ fn parse_push(buf: &[u8]) -> Result<Option<(usize, Vec<String>)>, String> {
 
 /// Reads pushes off the socket. Every message decoded from one read(2) gets that read's time:
 /// decoding happens after the timestamp, so a burst is not smeared by parsing cost.
-fn subscribe(mut stream: UnixStream, patterns: &[String], s: &Shared, ready: mpsc::Sender<Result<i32, String>>) {
+fn subscribe(
+    mut stream: UnixStream,
+    patterns: &[String],
+    s: &Shared,
+    stop: &StopFlag,
+    ready: mpsc::Sender<Result<i32, String>>,
+) {
     super::pin_witness();
     let mut args = vec!["PSUBSCRIBE"];
     args.extend(patterns.iter().map(String::as_str));
@@ -218,7 +198,7 @@ fn subscribe(mut stream: UnixStream, patterns: &[String], s: &Shared, ready: mps
     let mut confirmed = 0;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
-    while !s.stop.load(Ordering::Relaxed) {
+    while !stop.is_raised() {
         let n = match stream.read(&mut chunk) {
             Ok(0) => {
                 fail(s, &mut ready, "redis closed the subscription".into());
