@@ -6,6 +6,8 @@ pub const EVENTS_MAP: &str = "PORT_EVENTS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// The `Array<FilterConfig>` with one entry: the name prefixes the filter keeps.
 pub const FILTER_MAP: &str = "FILTER_CONFIG";
+/// The `Array<u32>` with one entry: how the ring wakes the daemon ([`wakeup`]).
+pub const WAKEUP_MAP: &str = "RING_WAKEUP";
 /// Name of the socket filter program in the object file.
 pub const PROGRAM_NAME: &str = "portsyncd_link_filter";
 
@@ -23,6 +25,15 @@ pub mod counter {
     pub const NOT_LINK: u32 = 4;
     /// Number of counters.
     pub const COUNT: u32 = 5;
+}
+
+/// Values of the [`WAKEUP_MAP`] entry.
+pub mod wakeup {
+    /// Every event wakes the daemon (it waits on the ring; the default).
+    pub const PER_EVENT: u32 = 0;
+    /// No event wakes the daemon: in a storm it reads the ring on a timer of its own, and a
+    /// wake-up per event would only cost it a context switch each.
+    pub const POLLED: u32 = 1;
 }
 
 /// Maximum number of name prefixes the kernel filter checks.

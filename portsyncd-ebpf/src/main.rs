@@ -33,8 +33,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use portsyncd_common::{
-    counter, origin, present, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ, KIND_LEN,
-    MAX_PREFIXES, PREFIX_LEN, PROGRAM_NAME, RTM_DELLINK, RTM_NEWLINK,
+    counter, origin, present, wakeup, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ,
+    KIND_LEN, MAX_PREFIXES, PREFIX_LEN, PROGRAM_NAME, RTM_DELLINK, RTM_NEWLINK, WAKEUP_MAP,
 };
 
 /// `sizeof(struct nlmsghdr)`.
@@ -78,6 +78,7 @@ const _: () = assert!(str_eq(EVENTS_MAP, "PORT_EVENTS"));
 const _: () = assert!(str_eq(COUNTERS_MAP, "COUNTERS"));
 const _: () = assert!(str_eq(FILTER_MAP, "FILTER_CONFIG"));
 const _: () = assert!(str_eq(PROGRAM_NAME, "portsyncd_link_filter"));
+const _: () = assert!(str_eq(WAKEUP_MAP, "RING_WAKEUP"));
 const _: () = assert!(IFNAMSIZ == 16 && KIND_LEN == 16 && PREFIX_LEN == 16);
 
 /// The program uses no GPL-only helper; the kernel records the license with the program.
@@ -94,6 +95,21 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 
 #[map(name = "FILTER_CONFIG")]
 static FILTER_CONFIG: Array<FilterConfig> = Array::with_max_entries(1, 0);
+
+/// Written by the daemon: [`wakeup::POLLED`] while it reads the ring on its own timer.
+#[map(name = "RING_WAKEUP")]
+static RING_WAKEUP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `BPF_RB_NO_WAKEUP`: submit without waking the ring's waiters.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
+/// Submit flags: no wake-up while the daemon polls the ring.
+fn submit_flags() -> u64 {
+    match RING_WAKEUP.get(0) {
+        Some(&wakeup::POLLED) => BPF_RB_NO_WAKEUP,
+        _ => 0,
+    }
+}
 
 #[cfg(feature = "debug")]
 macro_rules! debug_log {
@@ -265,7 +281,7 @@ fn filter(ctx: &SkBuffContext) -> Verdict {
         name: bytes16(name_lo, name_hi),
         kind: bytes16(kind_lo, kind_hi),
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
     bump(counter::EVENTS);
     debug_log!(ctx, "link event type={} ifindex={} flags={:x}", msg_type, ifi[1], ifi[2]);
     Verdict::Captured

@@ -18,6 +18,8 @@ pub const DEFAULT_EOIU_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_RCVBUF: usize = 16 * 1024 * 1024;
 /// Most events drained into one batch.
 pub const DEFAULT_BATCH_MAX: usize = 4096;
+/// Default longest storm poll interval (`--batch-linger-us`): see the README's benchmarks.
+pub const DEFAULT_BATCH_LINGER_US: u64 = 2000;
 pub use crate::warm_restart::state_file::{DEFAULT_BACKUPS as DEFAULT_STATE_BACKUPS, DEFAULT_STATE_FILE};
 /// State files older than this are stale.
 pub const DEFAULT_STATE_MAX_AGE_DAYS: u64 = crate::warm_restart::state_file::DEFAULT_MAX_AGE.as_secs() / 86_400;
@@ -76,8 +78,9 @@ pub struct Args {
     /// Most events drained into one batch.
     #[arg(long, env = "PORTSYNCD_BATCH_MAX", value_name = "N")]
     pub batch_max: Option<usize>,
-    /// During a storm (a batch less than 10 ms after the previous one), wait this long for more
-    /// events before writing: fewer, larger batches for up to this much extra latency. 0 = off.
+    /// During a storm (a batch less than 10 ms after the previous one), read events every this
+    /// many microseconds instead of waking per event: fewer, larger batches for at most this
+    /// much extra latency; an isolated event is read at once. 0 = off.
     #[arg(long, env = "PORTSYNCD_BATCH_LINGER_US", value_name = "US")]
     pub batch_linger_us: Option<u64>,
     /// eBPF ring buffer size in bytes (power of two, at least one page).
@@ -198,7 +201,7 @@ pub struct Config {
     pub rcvbuf: usize,
     /// Batch bound.
     pub batch_max: usize,
-    /// Storm linger (zero: off).
+    /// Storm poll interval (zero: off).
     pub batch_linger: Duration,
     /// eBPF ring size.
     pub ring_bytes: u32,
@@ -317,14 +320,12 @@ impl Config {
         if !(1..=1 << 20).contains(&batch_max) {
             return Err(invalid("batch_max", format!("{batch_max} is not in 1..=1048576")));
         }
-        let linger_us = args.batch_linger_us.or(file.batch_linger_us).unwrap_or(0);
+        let linger_us = args.batch_linger_us.or(file.batch_linger_us).unwrap_or(DEFAULT_BATCH_LINGER_US);
         if linger_us > 100_000 {
             return Err(invalid("batch_linger_us", format!("{linger_us} is more than 100000 (100 ms)")));
         }
         let ring_bytes = args.ring_bytes.or(file.ring_bytes).unwrap_or(crate::ebpf::DEFAULT_RING_BYTES);
-        if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
-            return Err(invalid("ring_bytes", format!("{ring_bytes} is not a power of two >= 4096")));
-        }
+        crate::ebpf::check_ring_bytes(ring_bytes).map_err(|e| invalid("ring_bytes", e.to_string()))?;
         let state_backups = args.state_backups.or(file.state_backups).unwrap_or(DEFAULT_STATE_BACKUPS);
         if state_backups > 1000 {
             return Err(invalid("state_backups", format!("{state_backups} is more than 1000")));

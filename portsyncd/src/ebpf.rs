@@ -17,8 +17,8 @@ use aya::{
 };
 use nix::errno::Errno;
 use portsyncd_common::{
-    counter, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ, KIND_LEN, MAX_PREFIXES,
-    PREFIX_LEN, PROGRAM_NAME,
+    counter, wakeup, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ, KIND_LEN, MAX_PREFIXES,
+    PREFIX_LEN, PROGRAM_NAME, WAKEUP_MAP,
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -53,7 +53,7 @@ fn verify_object(bytes: &[u8]) -> Result<(), EbpfError> {
     if !obj.programs.contains_key(PROGRAM_NAME) {
         return Err(EbpfError::BadObject(format!("no program `{PROGRAM_NAME}`")));
     }
-    for map in [EVENTS_MAP, COUNTERS_MAP, FILTER_MAP] {
+    for map in [EVENTS_MAP, COUNTERS_MAP, FILTER_MAP, WAKEUP_MAP] {
         if !obj.maps.contains_key(map) {
             return Err(EbpfError::BadObject(format!("no map `{map}`")));
         }
@@ -263,6 +263,10 @@ impl EbpfError {
 pub struct EbpfCapture {
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
+    /// Whether the program wakes the daemon per event ([`portsyncd_common::wakeup`]).
+    wakeup: Array<MapData, u32>,
+    /// The value last written to `wakeup`.
+    polled: bool,
     /// An event taken from the ring by [`EbpfCapture::readable`] to prove readiness; handed out
     /// first by the next [`EbpfCapture::drain`].
     pending: Option<PortEvent>,
@@ -330,6 +334,8 @@ impl EbpfCapture {
         let ring = register(ring)?;
         let counters_map = bpf.take_map(COUNTERS_MAP).ok_or(EbpfError::Missing { kind: "map", name: COUNTERS_MAP })?;
         let counters = PerCpuArray::try_from(counters_map).map_err(|source| map_error(COUNTERS_MAP, source))?;
+        let wakeup_map = bpf.take_map(WAKEUP_MAP).ok_or(EbpfError::Missing { kind: "map", name: WAKEUP_MAP })?;
+        let wakeup = Array::try_from(wakeup_map).map_err(|source| map_error(WAKEUP_MAP, source))?;
 
         let program: &mut SocketFilter = bpf
             .program_mut(PROGRAM_NAME)
@@ -346,6 +352,8 @@ impl EbpfCapture {
         Ok(Self {
             ring,
             counters,
+            wakeup,
+            polled: false,
             pending: None,
             decode_errors: 0,
             load_duration,
@@ -354,6 +362,18 @@ impl EbpfCapture {
             logger,
             _ebpf: bpf,
         })
+    }
+
+    /// `true`: events no longer wake the ring's waiters (the daemon reads the ring on a timer
+    /// during a storm); `false`: every event wakes them again. Events submitted before the
+    /// switch back may not have woken anyone: the caller drains once after switching.
+    pub fn set_polled(&mut self, polled: bool) -> Result<(), EbpfError> {
+        if polled != self.polled {
+            let value = if polled { wakeup::POLLED } else { wakeup::PER_EVENT };
+            self.wakeup.set(0, value, 0).map_err(|source| map_error(WAKEUP_MAP, source))?;
+            self.polled = polled;
+        }
+        Ok(())
     }
 
     /// Removes whatever socket filter is attached to `socket`: its link notifications go to the

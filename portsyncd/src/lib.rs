@@ -27,6 +27,7 @@ pub mod selfheal;
 pub mod sonic_db;
 pub mod source;
 pub mod startup;
+pub mod timer;
 pub mod warm_restart;
 pub mod watchdog;
 pub mod writer;

@@ -1,5 +1,14 @@
 //! Where events enter: the event socket (netlink mode, and the eBPF filter's overflow path) and
 //! the eBPF ring buffer. One call drains everything ready, as one batch of [`PortEvent`]s.
+//!
+//! When events come in a storm, waking per event costs more than the event (a context switch,
+//! then a Redis round trip for two or three events). So once a wake-up finds more than one event
+//! waiting, the source stops waiting for events and reads them on a microsecond timer instead,
+//! one poll interval after the previous read, the interval doubling from [`POLL_START_NS`] up to
+//! `--batch-linger-us` while polls keep finding events; in eBPF mode the kernel program also
+//! stops waking the daemon meanwhile. The first poll that finds nothing ends the storm, so an
+//! isolated event is still read the moment it arrives, and events that come one at a time (a
+//! port re-created every few milliseconds) never start a storm.
 
 use std::io;
 
@@ -7,6 +16,10 @@ use portsyncd_common::{origin, PortEvent};
 
 use crate::clock::monotonic_ns;
 use crate::ebpf::EbpfCapture;
+use crate::timer::PreciseTimer;
+
+/// The first poll interval of a storm.
+pub const POLL_START_NS: u64 = 250_000;
 use crate::netlink::parse::{for_each_message, Message};
 use crate::netlink::socket::{grown_capacity, is_overrun, is_truncated, NlSocket, RECV_BUF};
 
@@ -45,6 +58,30 @@ crate::described! {
     }
 }
 
+/// A storm's next read.
+#[derive(Debug, Clone, Copy)]
+struct Poll {
+    /// When the last read was (monotonic ns).
+    read_ns: u64,
+    /// How long after it the next one is due.
+    interval: u64,
+    /// The storm is over; this poll catches events submitted while the kernel program was
+    /// switching back to waking us.
+    last: bool,
+}
+
+/// The poll interval after a read that found `events` (`None`: wait for events instead). A
+/// storm begins when one read finds several events, goes on while polls find any, and the
+/// interval doubles per poll up to `max_ns` (0: never poll).
+fn next_poll_interval(polling: Option<u64>, events: usize, max_ns: u64) -> Option<u64> {
+    match polling {
+        _ if max_ns == 0 || events == 0 => None,
+        None if events >= 2 => Some(POLL_START_NS.min(max_ns)),
+        None => None,
+        Some(interval) => Some(interval.saturating_mul(2).min(max_ns)),
+    }
+}
+
 /// What a drain found besides events.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
@@ -68,6 +105,12 @@ pub struct Source {
     socket_ready: bool,
     /// The eBPF program's `ring_full` counter when last read.
     ring_full_seen: u64,
+    /// Storm polling: the longest interval, zero when off.
+    poll_max_ns: u64,
+    /// In a storm, or its last poll: the next read is due one interval after the last.
+    polling: Option<Poll>,
+    /// The poll timer, made at the first storm.
+    timer: Option<PreciseTimer>,
     /// Running counters.
     pub counters: SourceCounters,
 }
@@ -86,8 +129,16 @@ impl Source {
             buf: Vec::with_capacity(recv_buf),
             socket_ready: true,
             ring_full_seen: 0,
+            poll_max_ns: 0,
+            polling: None,
+            timer: None,
             counters: SourceCounters::default(),
         }
+    }
+
+    /// In a storm, read on a timer instead of per event, at most `max` apart (zero: never poll).
+    pub fn poll_storms(&mut self, max: std::time::Duration) {
+        self.poll_max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
     }
 
     /// The event socket (the eBPF filter attaches to it).
@@ -111,13 +162,39 @@ impl Source {
         self.ebpf.as_ref()
     }
 
-    /// Waits until something is ready, then appends everything ready (at most `max` events)
-    /// to `out`.
+    /// Waits until something is ready (in a storm: until the next poll is due), then appends
+    /// everything ready (at most `max` events) to `out`.
     pub async fn next_batch(&mut self, out: &mut Vec<PortEvent>, max: usize) -> Result<Drained, SourceError> {
         loop {
+            if let Some(poll) = self.polling {
+                let timer = match self.timer.as_mut() {
+                    Some(t) => t,
+                    None => self.timer.insert(PreciseTimer::new().map_err(SourceError::Socket)?),
+                };
+                timer.sleep_until(poll.read_ns.saturating_add(poll.interval)).await.map_err(SourceError::Socket)?;
+                // The socket is not waited on while polling: in eBPF mode, where it carries only
+                // overflow, it is read when epoll saw data come in (netlink mode always reads it).
+                self.socket_ready |= self.sock.take_ready();
+            }
+            let read_ns = monotonic_ns();
+            let before = out.len();
             let drained = self.drain_now(out, max)?;
             if !out.is_empty() || drained.overrun || drained.ring_overflow {
+                let storm = self.polling.filter(|p| !p.last).map(|p| p.interval);
+                let interval = next_poll_interval(storm, out.len() - before, self.poll_max_ns);
+                self.set_polling(interval.map(|interval| Poll { read_ns, interval, last: false }));
                 return Ok(drained);
+            }
+            match self.polling {
+                Some(p) if !p.last => {
+                    // A quiet interval: the storm is over and events wake us again. A program
+                    // run that read the old setting may still submit without waking anyone,
+                    // so one last poll comes after the switch.
+                    self.set_polling(Some(Poll { read_ns, interval: POLL_START_NS, last: true }));
+                    continue;
+                }
+                Some(_) => self.set_polling(None),
+                None => {}
             }
             match self.ebpf.as_mut() {
                 Some(ring) => {
@@ -130,6 +207,16 @@ impl Source {
                     }
                 }
                 None => self.sock.wait_readable().await.map_err(SourceError::Socket)?,
+            }
+        }
+    }
+
+    fn set_polling(&mut self, polling: Option<Poll>) {
+        self.polling = polling;
+        if let Some(ring) = self.ebpf.as_mut() {
+            // A failure only costs wake-ups; polling works either way.
+            if let Err(e) = ring.set_polled(polling.is_some_and(|p| !p.last)) {
+                tracing::debug!(error = %e, "cannot switch the ring's wake-ups");
             }
         }
     }
@@ -210,5 +297,22 @@ impl Source {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storm_starts_with_a_backlog_doubles_its_interval_and_ends_with_an_empty_poll() {
+        let max = 2_000_000;
+        assert_eq!(next_poll_interval(None, 1, max), None, "one event at a time: read per event");
+        assert_eq!(next_poll_interval(None, 3, max), Some(POLL_START_NS), "a backlog starts a storm");
+        assert_eq!(next_poll_interval(Some(250_000), 1, max), Some(500_000));
+        assert_eq!(next_poll_interval(Some(1_500_000), 9, max), Some(max), "capped");
+        assert_eq!(next_poll_interval(Some(max), 0, max), None, "an empty poll ends it");
+        assert_eq!(next_poll_interval(None, 5, 0), None, "0: never poll");
+        assert_eq!(next_poll_interval(None, 5, 100_000), Some(100_000), "a maximum below the start");
     }
 }

@@ -38,8 +38,6 @@ use crate::writer::Writer;
 const TICK: Duration = Duration::from_millis(200);
 /// Longest wait between reconnection attempts while Redis is unreachable.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
-/// Batches closer together than this are a storm, where `--batch-linger-us` applies.
-const STORM_GAP: Duration = Duration::from_millis(10);
 /// How long a final flush may take at shutdown.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// While Redis is up, how often its run_id is checked (a restart is noticed even when idle).
@@ -204,6 +202,8 @@ struct Daemon {
     redis: RedisHealth,
     need_resync: bool,
     stats_dirty: bool,
+    /// Something changed since the last COUNTERS_DB export (an idle daemon builds no snapshot).
+    counters_db_dirty: bool,
     prometheus: Option<std::sync::Arc<crate::metrics::prometheus::PrometheusExport>>,
     health: HealthMonitor,
     /// The last verdict, as exported.
@@ -284,6 +284,7 @@ impl Daemon {
             },
             need_resync: false,
             stats_dirty: true,
+            counters_db_dirty: true,
             prometheus: None,
             health: HealthMonitor::new(),
             health_now: Health { status: crate::health::Status::Healthy, reasons: Vec::new() },
@@ -300,6 +301,7 @@ impl Daemon {
             },
             cfg,
         };
+        d.source.poll_storms(d.cfg.batch_linger);
         if let Some(addr) = d.cfg.metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::Metrics)?;
             let export = std::sync::Arc::new(crate::metrics::prometheus::PrometheusExport::new());
@@ -374,7 +376,7 @@ impl Daemon {
             notify_systemd(&[sd_notify::NotifyState::Status(&line)]);
         }
         self.health_now = health;
-        self.stats_dirty = true;
+        self.mark_stats();
     }
 
     /// Writes what is pending and due, then `PortInitDone` when it is due. Never fails: a lost
@@ -387,15 +389,22 @@ impl Daemon {
             .pipeline
             .flush(&mut self.writer, self.eoiu != Eoiu::Pending, Instant::now(), &mut self.counters, &mut self.latency)
             .await;
-        self.stats_dirty = true;
+        self.mark_stats();
         match r {
             Ok(()) => {}
             Err(e) => self.redis_lost(e),
         }
     }
 
+    /// The exports are out of date.
+    fn mark_stats(&mut self) {
+        self.stats_dirty = true;
+        self.counters_db_dirty = true;
+    }
+
     fn redis_lost(&mut self, e: WriteError) {
         self.counters.redis_errors += 1;
+        self.mark_stats();
         if self.redis.down_since.is_none() {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "Redis unreachable; keeping changes and retrying");
             self.redis.down_since = Some(Instant::now());
@@ -471,7 +480,6 @@ impl Daemon {
         let mut events: Vec<PortEvent> = Vec::with_capacity(self.cfg.batch_max);
         let now = Instant::now();
         let mut last_probe = now;
-        let mut last_batch = now;
         let mut last_save = now;
         let mut last_interval = now;
         let mut last_reconcile = now;
@@ -493,17 +501,7 @@ impl Daemon {
                     self.stall_armed = true;
                 }
                 r = self.source.next_batch(&mut events, self.cfg.batch_max) => {
-                    let mut drained = r?;
-                    // In a storm, a short wait gathers the next events into this batch: one
-                    // wake-up and one Redis round trip for several events instead of each.
-                    let storm = last_batch.elapsed() < STORM_GAP;
-                    last_batch = Instant::now();
-                    if storm && !self.cfg.batch_linger.is_zero() && events.len() < self.cfg.batch_max {
-                        tokio::time::sleep(self.cfg.batch_linger).await;
-                        let more = self.source.drain_now(&mut events, self.cfg.batch_max)?;
-                        drained.overrun |= more.overrun;
-                        drained.ring_overflow |= more.ring_overflow;
-                    }
+                    let drained = r?;
                     self.counters.events += events.len() as u64;
                     let now = crate::clock::monotonic_ns();
                     for ev in events.iter().filter(|e| e.origin == origin::EBPF) {
@@ -575,18 +573,21 @@ impl Daemon {
                     let log = crate::logging::control().map(|c| c.current());
                     if log != last_log {
                         last_log = log;
-                        self.stats_dirty = true;
+                        self.mark_stats();
                     }
                     let stalls = self.heartbeat.stalls();
                     if stalls != self.counters.stalls {
                         self.counters.stalls = stalls;
-                        self.stats_dirty = true;
+                        self.mark_stats();
                     }
                     self.update_health();
                     if self.stats_dirty {
                         self.write_stats();
                     }
-                    if last_counters_db.elapsed() >= COUNTERS_DB_EVERY && self.redis.down_since.is_none() {
+                    if self.counters_db_dirty
+                        && last_counters_db.elapsed() >= COUNTERS_DB_EVERY
+                        && self.redis.down_since.is_none()
+                    {
                         last_counters_db = Instant::now();
                         self.export_counters_db().await;
                     }

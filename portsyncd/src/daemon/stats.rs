@@ -94,7 +94,10 @@ impl Daemon {
         let snap = self.snapshot();
         if let Some(exp) = self.counters_db.as_mut() {
             match exp.export(&snap).await {
-                Ok(n) => tracing::trace!(entities = n, "COUNTERS_DB stats written"),
+                Ok(n) => {
+                    self.counters_db_dirty = false;
+                    tracing::trace!(entities = n, "COUNTERS_DB stats written");
+                }
                 Err(e) => tracing::debug!(error = %e, "cannot write COUNTERS_DB stats; next second"),
             }
         }

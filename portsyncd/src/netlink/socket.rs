@@ -107,6 +107,22 @@ impl NlSocket {
         Ok(())
     }
 
+    /// Whether data may have arrived since readiness was last taken or waited for, from
+    /// tokio's epoll bookkeeping (no system call); clears it as [`Self::wait_readable`] does.
+    /// Lets a poller skip reading a socket that mostly carries nothing.
+    pub fn take_ready(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.fd.poll_read_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(mut guard)) => {
+                guard.clear_ready();
+                true
+            }
+            // Let the read report the error.
+            std::task::Poll::Ready(Err(_)) => true,
+            std::task::Poll::Pending => false,
+        }
+    }
+
     /// Receives one datagram if one is queued, without waiting. Returns its real length, as
     /// [`Self::recv`] does.
     pub fn try_recv(&self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {

@@ -277,7 +277,7 @@ pub fn table(s: &Summary, header: &str) -> String {
         } else {
             let _ = writeln!(
                 out,
-                "{:<12} {:>5} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8}",
+                "{:<12} {:>5} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8}",
                 "mode",
                 "reps",
                 "events",
@@ -290,6 +290,7 @@ pub fn table(s: &Summary, header: &str) -> String {
                 "p99 ms",
                 "max ms",
                 "unwrit",
+                "undone",
                 "lag ms",
                 "wrong",
                 "storm ms"
@@ -318,7 +319,7 @@ pub fn table(s: &Summary, header: &str) -> String {
             } else {
                 let _ = writeln!(
                     out,
-                    "{:<12} {:>5} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8}{}",
+                    "{:<12} {:>5} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8}{}",
                     mode,
                     reps,
                     fmt(m.get("kernel_events"), 1.0, 0),
@@ -331,6 +332,7 @@ pub fn table(s: &Summary, header: &str) -> String {
                     fmt(m.get("latency_p99_us"), 1e3, 3),
                     fmt(m.get("latency_max_us"), 1e3, 3),
                     fmt(m.get("unwritten_events"), 1.0, 0),
+                    fmt(m.get("undone_events"), 1.0, 0),
                     fmt(m.get("lag_us"), 1e3, 3),
                     fmt(m.get("ports_wrong"), 1.0, 0),
                     fmt(m.get("storm_ms"), 1.0, 0),

@@ -447,6 +447,7 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     m.insert("latency_matched".into(), lat.matched as f64);
     m.insert("latency_early".into(), lat.early as f64);
     m.insert("unwritten_events".into(), lat.unwritten as f64);
+    m.insert("undone_events".into(), lat.undone as f64);
     m.insert("latency_p50_us".into(), lat.p50_us);
     m.insert("latency_p99_us".into(), lat.p99_us);
     m.insert("latency_max_us".into(), lat.max_us);
