@@ -13,7 +13,7 @@ use portsyncd_e2e::netns::ip_bin;
 use portsyncd_e2e::{Capture, Daemon, DaemonOpts, NetNs, RedisServer, Stats};
 use std::os::unix::process::CommandExt;
 
-use super::procstat::{cpu_of, pids_in_group, CpuSample};
+use super::procstat::{cpu_of, pids_in_group, rss_of, CpuSample};
 
 /// What runs in one mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,14 @@ impl Dut {
         match self {
             Dut::Ours(d) => cpu_of(&[d.pid() as i32]),
             Dut::External(e) => cpu_of(&pids_in_group(e.pgid)),
+        }
+    }
+
+    /// Resident memory of the daemon (for an external daemon, of its process group).
+    pub fn rss_bytes(&self) -> u64 {
+        match self {
+            Dut::Ours(d) => rss_of(&[d.pid() as i32]),
+            Dut::External(e) => rss_of(&pids_in_group(e.pgid)),
         }
     }
 

@@ -37,6 +37,17 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
+/// Resident memory of the processes `pids` (`VmRSS`), in bytes; gone processes count 0.
+pub fn rss_of(pids: &[i32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim();
+            kb.parse::<u64>().ok().map(|kb| kb * 1024)
+        })
+        .sum()
+}
+
 /// CPU of the processes `pids` (all their threads).
 pub fn cpu_of(pids: &[i32]) -> anyhow::Result<CpuSample> {
     let tick = ns_per_tick();

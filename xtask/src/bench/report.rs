@@ -343,6 +343,17 @@ pub fn table(s: &Summary, header: &str) -> String {
                 let _ = writeln!(out, "{:<12} {} rep(s) failed: {}", "", g.reps_failed, g.errors.join(" | "));
             }
         }
+        let rss: Vec<String> = modes
+            .iter()
+            .filter_map(|(mode, g)| {
+                let per_port = g.medians.get("rss_bytes_per_port")?;
+                let total = g.medians.get("rss_bytes")?;
+                Some(format!("{mode} {:.1} MiB ({per_port:.0} B/port)", total / 1048576.0))
+            })
+            .collect();
+        if !rss.is_empty() {
+            let _ = writeln!(out, "resident memory after the storm: {}", rss.join(", "));
+        }
         if let Some(per) = ratios(s).get(sc) {
             for (pair, r) in per {
                 let parts: Vec<String> = ratio_keys(sc)

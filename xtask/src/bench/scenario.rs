@@ -388,6 +388,7 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     let settled = env.wait_settled(t_batch, ctx.settle, storm_timeout(st.carrier_changes), &kernel_ok)?;
 
     let cpu = env.dut()?.cpu()?.since(cpu0);
+    let rss = env.dut()?.rss_bytes();
     let info = InfoSnapshot::take(&mut info_con)?.since(&info0);
     let stats1 = env.dut()?.stats();
 
@@ -425,6 +426,8 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     let mut m = BTreeMap::new();
     m.insert("kernel_events".into(), events);
     m.insert("kernel_enobufs".into(), enobufs);
+    m.insert("rss_bytes".into(), rss as f64);
+    m.insert("rss_bytes_per_port".into(), rss as f64 / f64::from(ctx.ports));
     m.insert("state_db_writes".into(), lat.writes as f64);
     m.insert("state_db_deletes".into(), lat.deletes as f64);
     m.insert("cpu_us".into(), cpu.sched_ns as f64 / 1e3);
