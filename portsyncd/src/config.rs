@@ -1,14 +1,24 @@
 //! Command line, environment and TOML file -> one validated [`Config`].
 //!
 //! Precedence: command-line flag, then environment variable, then config file, then default.
-//! Every value is validated here, and an error names the key that is wrong.
+//! Each setting is defined once, as a field of [`Args`]: clap reads it from its flag or its
+//! `PORTSYNCD_*` variable, serde reads the same field from the file, and [`Config`] takes it from
+//! whichever layer has it (or its `DEFAULT_*` const below), validated, with an error naming the key.
+//!
+//! Why one serde + clap struct and not figment: clap already orders flag over environment and
+//! names every variable in `--help`, the man page and the completions, so the one layering left
+//! is "what flags and environment gave, over the file's keys". serde does that on the struct's
+//! own serialised form (given values replace the file's, key by key). figment would add a second
+//! TOML parser (its Toml provider is on toml 0.8, TOML 1.0, beside our toml 1) for that one merge,
+//! and its Env provider would either drop the variables from the generated docs or read them twice.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where SONiC keeps the database layout.
 pub const DEFAULT_DATABASE_CONFIG: &str = "/var/run/redis/sonic-db/database_config.json";
@@ -41,7 +51,7 @@ pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_STALL_WATCHDOG_SECS: u64 = 10;
 
 /// How link events are captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CaptureMode {
     /// Try eBPF; fall back to netlink with one log line naming the reason.
@@ -52,19 +62,23 @@ pub enum CaptureMode {
     Netlink,
 }
 
-/// Command-line flags. Every value is optional here so that the environment and the config
-/// file can fill what the command line leaves out.
-#[derive(Debug, Clone, Parser)]
+/// Every setting, once: the command line (flag, else its `PORTSYNCD_*` variable) and, as the
+/// same struct, the TOML file's keys. Every value is optional so that a layer can leave it to
+/// the one below. Test hooks, `--config` and `--check-config` are flags only (`serde(skip)`):
+/// the file refuses them as unknown keys.
+#[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
 #[command(name = "portsyncd", version, about = "SONiC portsyncd: kernel port state -> Redis")]
+#[serde(deny_unknown_fields)]
 pub struct Args {
     /// SONiC database_config.json (unix socket or TCP per its INSTANCES).
-    #[arg(long, env = "PORTSYNCD_DATABASE_CONFIG", value_name = "PATH")]
+    #[arg(long, env = "PORTSYNCD_DATABASE_CONFIG", value_name = "PATH", value_parser = utf8_path)]
     pub database_config: Option<PathBuf>,
     /// Redis URL for development (redis://127.0.0.1:6379, unix:///path/redis.sock); standard DB ids.
     #[arg(long, env = "PORTSYNCD_REDIS", value_name = "URL", conflicts_with = "database_config")]
     pub redis: Option<String>,
     /// TOML config file; keys are the long flag names with underscores.
     #[arg(long, env = "PORTSYNCD_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Capture mode.
     #[arg(long, env = "PORTSYNCD_CAPTURE", value_enum)]
@@ -87,7 +101,7 @@ pub struct Args {
     #[arg(long, env = "PORTSYNCD_RING_BYTES", value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
     /// Warm-restart port-state file.
-    #[arg(long, env = "PORTSYNCD_STATE_FILE", value_name = "PATH")]
+    #[arg(long, env = "PORTSYNCD_STATE_FILE", value_name = "PATH", value_parser = utf8_path)]
     pub state_file: Option<PathBuf>,
     /// Timestamped backups of the state file to keep.
     #[arg(long, env = "PORTSYNCD_STATE_BACKUPS", value_name = "N")]
@@ -99,13 +113,13 @@ pub struct Args {
     #[arg(long, env = "PORTSYNCD_STATE_SAVE_INTERVAL_SECS", value_name = "SECS")]
     pub state_save_interval_secs: Option<u64>,
     /// Write an HdrHistogram V2 interval log here.
-    #[arg(long, env = "PORTSYNCD_HISTOGRAM_LOG", value_name = "PATH")]
+    #[arg(long, env = "PORTSYNCD_HISTOGRAM_LOG", value_name = "PATH", value_parser = utf8_path)]
     pub histogram_log: Option<PathBuf>,
     /// Seconds per interval of the histogram log.
     #[arg(long, env = "PORTSYNCD_HISTOGRAM_INTERVAL_SECS", value_name = "SECS")]
     pub histogram_interval_secs: Option<u64>,
     /// Write a JSON snapshot of counters and latency here (atomically, at most every 200 ms).
-    #[arg(long, env = "PORTSYNCD_STATS_FILE", value_name = "PATH")]
+    #[arg(long, env = "PORTSYNCD_STATS_FILE", value_name = "PATH", value_parser = utf8_path)]
     pub stats_file: Option<PathBuf>,
     /// Serve Prometheus text metrics on this loopback address (opt-in).
     #[arg(long, env = "PORTSYNCD_METRICS_ADDR", value_name = "ADDR")]
@@ -128,55 +142,35 @@ pub struct Args {
     pub stall_watchdog_secs: Option<u64>,
     /// Test hook: ignore the initial dump's NLMSG_DONE so that the EOIU timeout path runs.
     #[arg(long, hide = true)]
+    #[serde(skip)]
     pub test_hold_eoiu: bool,
     /// Test hook: every dump counts as still interrupted (NLM_F_DUMP_INTR) after its retries.
     #[arg(long, hide = true)]
+    #[serde(skip)]
     pub test_dump_intr: bool,
     /// Test hook: sleep this long after initial sync, before attaching the capture.
     #[arg(long, hide = true, value_name = "SECS")]
+    #[serde(skip)]
     pub test_pause_before_capture_secs: Option<u64>,
     /// Test hook: the event socket's first userspace receive buffer, in bytes, so that real
     /// datagrams are truncated (MSG_TRUNC) until the daemon grows it.
     #[arg(long, hide = true, value_name = "BYTES")]
+    #[serde(skip)]
     pub test_recv_buf: Option<usize>,
     /// Test hook: after SIGUSR2, the next batch of events blocks the event loop's thread for
     /// this long (a hung daemon: systemd watchdog pings and the stall watchdog are exercised).
     #[arg(long, hide = true, value_name = "MS")]
+    #[serde(skip)]
     pub test_stall_ms: Option<u64>,
     /// Validate flags, environment and config file, print the effective settings, and exit
     /// (0, or 1 with one error line naming the key).
     #[arg(long)]
+    #[serde(skip)]
     pub check_config: bool,
     /// Test hook: the syslog socket (default /dev/log).
     #[arg(long, hide = true, value_name = "PATH")]
+    #[serde(skip)]
     pub test_syslog_socket: Option<PathBuf>,
-}
-
-/// The optional TOML file. Same keys as the long flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    database_config: Option<PathBuf>,
-    redis: Option<String>,
-    capture: Option<CaptureMode>,
-    eoiu_timeout_secs: Option<u64>,
-    rcvbuf: Option<usize>,
-    batch_max: Option<usize>,
-    batch_linger_us: Option<u64>,
-    ring_bytes: Option<u32>,
-    state_file: Option<PathBuf>,
-    state_backups: Option<usize>,
-    state_max_age_days: Option<u64>,
-    state_save_interval_secs: Option<u64>,
-    histogram_log: Option<PathBuf>,
-    histogram_interval_secs: Option<u64>,
-    stats_file: Option<PathBuf>,
-    metrics_addr: Option<SocketAddr>,
-    reconcile_interval_secs: Option<u64>,
-    refusal_backoff_min_ms: Option<u64>,
-    refusal_backoff_max_ms: Option<u64>,
-    redis_timeout_ms: Option<u64>,
-    stall_watchdog_secs: Option<u64>,
 }
 
 /// How to reach Redis.
@@ -266,6 +260,10 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    /// The flags could not be layered over the file (a serde round trip of [`Args`], which
+    /// holds only values that serialise: paths are UTF-8 by `utf8_path`).
+    #[error("cannot layer the command line over the config file")]
+    Layer(#[source] serde_json::Error),
     /// A value is out of range.
     #[error("invalid value for `{key}`: {reason}")]
     Invalid {
@@ -281,108 +279,112 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// Merges flags (already merged with the environment by clap), the optional config file and
+    /// Layers flags (already over the environment, by clap) over the optional config file and
     /// defaults, then validates.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::ReadFile { path: path.clone(), source })?;
+                parse_file(path, &text)?
+            }
+            None => Args::default(),
         };
-        Self::merge(args, file)
+        Self::layered(args, &file)
     }
 
     /// [`from_args`](Self::from_args) with the config file's `text` given instead of read from
     /// `args.config` (which, if set, only names it in errors): TOML parsing and every
     /// validation, no I/O (the `config_toml` fuzz target drives it).
     pub fn from_args_and_file_text(args: Args, text: &str) -> Result<Self, ConfigError> {
-        let path = args.config.clone().unwrap_or_default();
-        let file = toml::from_str(text).map_err(|source| ConfigError::ParseFile { path, source })?;
-        Self::merge(args, file)
+        let file = parse_file(args.config.as_deref().unwrap_or(Path::new("")), text)?;
+        Self::layered(args, &file)
     }
 
-    /// Merges flags, file and defaults, then validates.
-    fn merge(args: Args, file: FileConfig) -> Result<Self, ConfigError> {
-        let redis = match (args.redis.or(file.redis), args.database_config.or(file.database_config)) {
+    fn layered(args: Args, file: &Args) -> Result<Self, ConfigError> {
+        let settings = given_over(&args, file).map_err(ConfigError::Layer)?;
+        Self::validate(settings, args)
+    }
+
+    /// Applies the defaults to what no layer set and validates; the flag-only test hooks come
+    /// from `flags`, as `settings` has been through serde, which skips them.
+    fn validate(s: Args, flags: Args) -> Result<Self, ConfigError> {
+        let redis = match (s.redis, s.database_config) {
             (Some(url), None) => RedisTarget::Url(validate_redis_url(url)?),
             (None, Some(path)) => RedisTarget::DatabaseConfig(path),
             (None, None) => RedisTarget::DatabaseConfig(PathBuf::from(DEFAULT_DATABASE_CONFIG)),
             (Some(_), Some(_)) => return Err(invalid("redis", "give either `redis` or `database_config`, not both")),
         };
-        let eoiu = args.eoiu_timeout_secs.or(file.eoiu_timeout_secs).unwrap_or(DEFAULT_EOIU_TIMEOUT_SECS);
+        let eoiu = s.eoiu_timeout_secs.unwrap_or(DEFAULT_EOIU_TIMEOUT_SECS);
         if eoiu == 0 || eoiu > 3600 {
             return Err(invalid("eoiu_timeout_secs", format!("{eoiu} is not in 1..=3600")));
         }
-        let rcvbuf = args.rcvbuf.or(file.rcvbuf).unwrap_or(DEFAULT_RCVBUF);
+        let rcvbuf = s.rcvbuf.unwrap_or(DEFAULT_RCVBUF);
         if !(1024..=1 << 30).contains(&rcvbuf) {
             return Err(invalid("rcvbuf", format!("{rcvbuf} is not in 1024..=1073741824")));
         }
-        let batch_max = args.batch_max.or(file.batch_max).unwrap_or(DEFAULT_BATCH_MAX);
+        let batch_max = s.batch_max.unwrap_or(DEFAULT_BATCH_MAX);
         if !(1..=1 << 20).contains(&batch_max) {
             return Err(invalid("batch_max", format!("{batch_max} is not in 1..=1048576")));
         }
-        let linger_us = args.batch_linger_us.or(file.batch_linger_us).unwrap_or(DEFAULT_BATCH_LINGER_US);
+        let linger_us = s.batch_linger_us.unwrap_or(DEFAULT_BATCH_LINGER_US);
         if linger_us > 100_000 {
             return Err(invalid("batch_linger_us", format!("{linger_us} is more than 100000 (100 ms)")));
         }
-        let ring_bytes = args.ring_bytes.or(file.ring_bytes).unwrap_or(crate::ebpf::DEFAULT_RING_BYTES);
+        let ring_bytes = s.ring_bytes.unwrap_or(crate::ebpf::DEFAULT_RING_BYTES);
         crate::ebpf::check_ring_bytes(ring_bytes).map_err(|e| invalid("ring_bytes", e.to_string()))?;
-        let state_backups = args.state_backups.or(file.state_backups).unwrap_or(DEFAULT_STATE_BACKUPS);
+        let state_backups = s.state_backups.unwrap_or(DEFAULT_STATE_BACKUPS);
         if state_backups > 1000 {
             return Err(invalid("state_backups", format!("{state_backups} is more than 1000")));
         }
-        let max_age_days = args.state_max_age_days.or(file.state_max_age_days).unwrap_or(DEFAULT_STATE_MAX_AGE_DAYS);
+        let max_age_days = s.state_max_age_days.unwrap_or(DEFAULT_STATE_MAX_AGE_DAYS);
         if max_age_days == 0 || max_age_days > 3650 {
             return Err(invalid("state_max_age_days", format!("{max_age_days} is not in 1..=3650")));
         }
-        let save_secs =
-            args.state_save_interval_secs.or(file.state_save_interval_secs).unwrap_or(DEFAULT_STATE_SAVE_INTERVAL_SECS);
+        let save_secs = s.state_save_interval_secs.unwrap_or(DEFAULT_STATE_SAVE_INTERVAL_SECS);
         if save_secs == 0 {
             return Err(invalid("state_save_interval_secs", "must be at least 1"));
         }
-        let hist_secs =
-            args.histogram_interval_secs.or(file.histogram_interval_secs).unwrap_or(DEFAULT_HISTOGRAM_INTERVAL_SECS);
+        let hist_secs = s.histogram_interval_secs.unwrap_or(DEFAULT_HISTOGRAM_INTERVAL_SECS);
         if hist_secs == 0 {
             return Err(invalid("histogram_interval_secs", "must be at least 1"));
         }
-        let metrics_addr = args.metrics_addr.or(file.metrics_addr);
+        let metrics_addr = s.metrics_addr;
         if let Some(addr) = metrics_addr {
             if !addr.ip().is_loopback() {
                 return Err(invalid("metrics_addr", format!("{addr} is not a loopback address")));
             }
         }
-        let state_file = args.state_file.or(file.state_file).unwrap_or_else(|| DEFAULT_STATE_FILE.into());
+        let state_file = s.state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.into());
         if state_file.file_name().is_none() {
             return Err(invalid("state_file", format!("{} names no file", state_file.display())));
         }
-        let reconcile_secs =
-            args.reconcile_interval_secs.or(file.reconcile_interval_secs).unwrap_or(DEFAULT_RECONCILE_INTERVAL_SECS);
+        let reconcile_secs = s.reconcile_interval_secs.unwrap_or(DEFAULT_RECONCILE_INTERVAL_SECS);
         if reconcile_secs > 86_400 {
             return Err(invalid("reconcile_interval_secs", format!("{reconcile_secs} is more than 86400 (a day)")));
         }
-        let backoff_min =
-            args.refusal_backoff_min_ms.or(file.refusal_backoff_min_ms).unwrap_or(DEFAULT_REFUSAL_BACKOFF_MIN_MS);
+        let backoff_min = s.refusal_backoff_min_ms.unwrap_or(DEFAULT_REFUSAL_BACKOFF_MIN_MS);
         if !(1..=60_000).contains(&backoff_min) {
             return Err(invalid("refusal_backoff_min_ms", format!("{backoff_min} is not in 1..=60000")));
         }
-        let backoff_max =
-            args.refusal_backoff_max_ms.or(file.refusal_backoff_max_ms).unwrap_or(DEFAULT_REFUSAL_BACKOFF_MAX_MS);
+        let backoff_max = s.refusal_backoff_max_ms.unwrap_or(DEFAULT_REFUSAL_BACKOFF_MAX_MS);
         if backoff_max < backoff_min || backoff_max > 3_600_000 {
             return Err(invalid(
                 "refusal_backoff_max_ms",
                 format!("{backoff_max} is not in refusal_backoff_min_ms ({backoff_min})..=3600000"),
             ));
         }
-        let redis_timeout = args.redis_timeout_ms.or(file.redis_timeout_ms).unwrap_or(DEFAULT_REDIS_TIMEOUT_MS);
+        let redis_timeout = s.redis_timeout_ms.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS);
         if !(100..=600_000).contains(&redis_timeout) {
             return Err(invalid("redis_timeout_ms", format!("{redis_timeout} is not in 100..=600000")));
         }
-        let stall_secs = args.stall_watchdog_secs.or(file.stall_watchdog_secs).unwrap_or(DEFAULT_STALL_WATCHDOG_SECS);
+        let stall_secs = s.stall_watchdog_secs.unwrap_or(DEFAULT_STALL_WATCHDOG_SECS);
         if !(1..=3600).contains(&stall_secs) {
             return Err(invalid("stall_watchdog_secs", format!("{stall_secs} is not in 1..=3600")));
         }
         Ok(Self {
             redis,
-            capture: args.capture.or(file.capture).unwrap_or(CaptureMode::Auto),
+            capture: s.capture.unwrap_or(CaptureMode::Auto),
             eoiu_timeout: Duration::from_secs(eoiu),
             rcvbuf,
             batch_max,
@@ -392,9 +394,9 @@ impl Config {
             state_backups,
             state_max_age: Duration::from_secs(max_age_days * 86_400),
             state_save_interval: Duration::from_secs(save_secs),
-            histogram_log: args.histogram_log.or(file.histogram_log),
+            histogram_log: s.histogram_log,
             histogram_interval: Duration::from_secs(hist_secs),
-            stats_file: args.stats_file.or(file.stats_file),
+            stats_file: s.stats_file,
             metrics_addr,
             dump_retries: DEFAULT_DUMP_RETRIES,
             reconcile_interval: (reconcile_secs > 0).then(|| Duration::from_secs(reconcile_secs)),
@@ -402,19 +404,36 @@ impl Config {
             refusal_backoff_max: Duration::from_millis(backoff_max),
             redis_timeout: Duration::from_millis(redis_timeout),
             stall_watchdog: Duration::from_secs(stall_secs),
-            test_hold_eoiu: args.test_hold_eoiu,
-            test_dump_intr: args.test_dump_intr,
-            test_pause_before_capture: args.test_pause_before_capture_secs.map(Duration::from_secs),
-            test_recv_buf: args.test_recv_buf,
-            test_stall: args.test_stall_ms.map(Duration::from_millis),
+            test_hold_eoiu: flags.test_hold_eoiu,
+            test_dump_intr: flags.test_dump_intr,
+            test_pause_before_capture: flags.test_pause_before_capture_secs.map(Duration::from_secs),
+            test_recv_buf: flags.test_recv_buf,
+            test_stall: flags.test_stall_ms.map(Duration::from_millis),
         })
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|source| ConfigError::ParseFile { path: path.to_owned(), source })
+/// The file's settings; an unknown key (a test hook too) or a wrong type is an error naming it.
+fn parse_file(path: &Path, text: &str) -> Result<Args, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::ParseFile { path: path.to_owned(), source })
+}
+
+/// `file` with every setting that `given` has (a flag or its variable) in place of the file's.
+/// serde compares the two by key, so a new field of [`Args`] needs no line here.
+fn given_over(given: &Args, file: &Args) -> Result<Args, serde_json::Error> {
+    let mut layered = serde_json::to_value(file)?;
+    if let (serde_json::Value::Object(layered), serde_json::Value::Object(given)) =
+        (&mut layered, serde_json::to_value(given)?)
+    {
+        layered.extend(given.into_iter().filter(|(_, value)| !value.is_null()));
+    }
+    serde_json::from_value(layered)
+}
+
+/// clap's parser for the path settings: layering goes through serde, which cannot carry a path
+/// that is not UTF-8 (nor can TOML), so clap refuses one up front, at exit code 2 like any bad flag.
+fn utf8_path(value: &str) -> Result<PathBuf, Infallible> {
+    Ok(PathBuf::from(value))
 }
 
 fn validate_redis_url(url: String) -> Result<String, ConfigError> {
@@ -519,5 +538,65 @@ mod tests {
         assert!(matches!(parse(&["--config", path.to_str().unwrap()]), Err(ConfigError::ParseFile { .. })));
         let missing = dir.path().join("nope.toml");
         assert!(matches!(parse(&["--config", missing.to_str().unwrap()]), Err(ConfigError::ReadFile { .. })));
+    }
+
+    /// The error a user sees (`main` prints the chain) names the unknown key.
+    #[test]
+    fn an_unknown_file_key_is_named() {
+        let err = Config::from_args_and_file_text(Args::default(), "batch_max = 8\nno_such_key = 1\n").unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::from(err));
+        assert!(shown.contains("no_such_key"), "{shown}");
+    }
+
+    /// Test hooks and the flags about the file itself are not settings the file may hold.
+    #[test]
+    fn flag_only_keys_are_unknown_in_the_file() {
+        for text in ["test_hold_eoiu = true", "test_stall_ms = 5", "config = \"/x.toml\"", "check_config = true"] {
+            match Config::from_args_and_file_text(Args::default(), text) {
+                Err(ConfigError::ParseFile { .. }) => {}
+                other => panic!("{text}: expected a file error, got {other:?}"),
+            }
+        }
+    }
+
+    /// Only what the command line gave replaces the file's value: an absent flag is no layer, and
+    /// the test hooks survive the layering.
+    #[test]
+    fn every_file_key_is_layered_under_the_flags() {
+        let file = "database_config = \"/db.json\"\ncapture = \"netlink\"\neoiu_timeout_secs = 3\nrcvbuf = 4096\n\
+                    batch_max = 7\nbatch_linger_us = 5\nring_bytes = 8192\nstate_file = \"/s/state.json\"\n\
+                    state_backups = 2\nstate_max_age_days = 3\nstate_save_interval_secs = 4\n\
+                    histogram_log = \"/h.hlog\"\nhistogram_interval_secs = 5\nstats_file = \"/stats.json\"\n\
+                    metrics_addr = \"127.0.0.1:9464\"\nreconcile_interval_secs = 6\nrefusal_backoff_min_ms = 7\n\
+                    refusal_backoff_max_ms = 8\nredis_timeout_ms = 900\nstall_watchdog_secs = 9\n";
+        let args = Args::try_parse_from(["portsyncd", "--batch-max", "11", "--test-hold-eoiu", "--test-stall-ms", "3"]);
+        let c = Config::from_args_and_file_text(args.unwrap(), file).unwrap();
+        assert_eq!(c.redis, RedisTarget::DatabaseConfig("/db.json".into()));
+        assert_eq!((c.capture, c.eoiu_timeout, c.rcvbuf), (CaptureMode::Netlink, Duration::from_secs(3), 4096));
+        assert_eq!((c.batch_max, c.batch_linger, c.ring_bytes), (11, Duration::from_micros(5), 8192));
+        assert_eq!((c.state_file, c.state_backups), (PathBuf::from("/s/state.json"), 2));
+        assert_eq!((c.state_max_age, c.state_save_interval), (Duration::from_secs(3 * 86_400), Duration::from_secs(4)));
+        assert_eq!((c.histogram_log, c.histogram_interval), (Some("/h.hlog".into()), Duration::from_secs(5)));
+        assert_eq!(
+            (c.stats_file, c.metrics_addr),
+            (Some("/stats.json".into()), Some("127.0.0.1:9464".parse().unwrap()))
+        );
+        assert_eq!(c.reconcile_interval, Some(Duration::from_secs(6)));
+        assert_eq!(
+            (c.refusal_backoff_min, c.refusal_backoff_max),
+            (Duration::from_millis(7), Duration::from_millis(8))
+        );
+        assert_eq!((c.redis_timeout, c.stall_watchdog), (Duration::from_millis(900), Duration::from_secs(9)));
+        assert!(c.test_hold_eoiu && !c.test_dump_intr);
+        assert_eq!(c.test_stall, Some(Duration::from_millis(3)));
+    }
+
+    /// A `u64` flag beyond what TOML's integers hold is still layered and then refused by range.
+    #[test]
+    fn huge_flag_values_reach_validation() {
+        match parse(&["--eoiu-timeout-secs", &u64::MAX.to_string()]) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "eoiu_timeout_secs"),
+            other => panic!("expected invalid eoiu_timeout_secs, got {other:?}"),
+        }
     }
 }
