@@ -67,7 +67,8 @@ impl PrometheusExport {
         let latency = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "portsyncd_event_processing_latency",
-            "Kernel link event to Redis acknowledging its STATE_DB write.",
+            // The registry appends the full stop itself.
+            "Kernel link event to Redis acknowledging its STATE_DB write",
             Unit::Seconds,
             latency.clone(),
         );
@@ -258,6 +259,7 @@ mod tests {
         assert!(text.contains("portsyncd_capture_info{mode=\"netlink\",fallback_reason=\"no CAP_BPF\"} 1"), "{text}");
         assert!(text.contains("# TYPE portsyncd_event_processing_latency_seconds histogram\n"), "{text}");
         assert!(text.contains("portsyncd_event_processing_latency_seconds_count 1\n"), "{text}");
+        assert!(!text.contains(".."), "no HELP ends in a doubled full stop: {text}");
         assert!(text.contains("portsyncd_memory_bytes "), "{text}");
         // Every sample line belongs to a family announced with HELP and TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
