@@ -154,5 +154,5 @@ impl PortEvent {
 
 #[cfg(feature = "user")]
 // SAFETY: PortEvent is repr(C), Copy, has explicit padding and every bit pattern is valid.
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "aya reads ring buffer records as Pod types; the SAFETY note above holds")]
 unsafe impl aya::Pod for PortEvent {}

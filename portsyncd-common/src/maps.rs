@@ -57,5 +57,5 @@ const _: () = assert!(core::mem::size_of::<FilterConfig>() == 8 + MAX_PREFIXES *
 
 #[cfg(feature = "user")]
 // SAFETY: FilterConfig is repr(C), Copy, has no implicit padding and every bit pattern is valid.
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "aya reads map values as Pod types; the SAFETY note above holds")]
 unsafe impl aya::Pod for FilterConfig {}

@@ -8,6 +8,7 @@
 //! [`startup`] performs the C++ daemon's start-up sequence against CONFIG_DB/APPL_DB/STATE_DB.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod atomic_file;
 pub mod batch;
 pub mod clock;
 pub mod config;

@@ -30,6 +30,7 @@ use crate::sonic_db::SonicDbs;
 use crate::source::Source;
 use crate::startup::{self, Startup};
 use crate::warm_restart::metrics::WarmRestartMetrics;
+use crate::warm_restart::saver::StateSaver;
 use crate::warm_restart::state_file::{StateFileConfig, StateStore};
 use crate::watchdog::{Heartbeat, Watchdog};
 use crate::writer::Writer;
@@ -193,7 +194,7 @@ struct Daemon {
     counters: Counters,
     latency: LatencyRecorder,
     hist_log: Option<IntervalLog>,
-    store: StateStore,
+    store: StateSaver,
     warm_metrics: WarmRestartMetrics,
     old_ifindexes: std::collections::HashSet<u32>,
     capture: CaptureInfo,
@@ -259,11 +260,11 @@ impl Daemon {
                 Some(p) => Some(IntervalLog::create(p, cfg.histogram_interval)?),
                 None => None,
             },
-            store: StateStore::new(StateFileConfig {
+            store: StateSaver::new(StateStore::new(StateFileConfig {
                 path: cfg.state_file.clone(),
                 backups: cfg.state_backups,
                 max_age: cfg.state_max_age,
-            }),
+            })),
             warm_metrics: WarmRestartMetrics::default(),
             source: match cfg.test_recv_buf {
                 Some(bytes) => Source::with_recv_buf(sock, None, bytes),
@@ -556,6 +557,7 @@ impl Daemon {
                             self.self_heal().await?;
                         }
                     }
+                    self.reap_state_save();
                     if last_save.elapsed() >= self.cfg.state_save_interval {
                         last_save = Instant::now();
                         self.save_state(false);
@@ -615,7 +617,7 @@ impl Daemon {
         }
         // Clean only if Redis holds everything we know and nothing was lost unseen.
         let clean = self.pipeline.backlog() == 0 && self.redis.down_since.is_none() && !self.need_resync;
-        self.save_state(clean);
+        self.save_state_final(clean).await;
         self.write_interval();
         self.export_percentiles();
         let s = self.latency.summary().latency_us;

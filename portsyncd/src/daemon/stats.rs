@@ -6,14 +6,24 @@ use crate::metrics::write_json_atomic;
 use crate::warm_restart::records_from_state;
 
 impl Daemon {
+    /// Starts a save on the blocking pool, unless the state is what the last save wrote (see
+    /// [`StateSaver`](crate::warm_restart::saver::StateSaver)).
     pub(super) fn save_state(&mut self, clean: bool) {
         let records = records_from_state(&self.pipeline.reconciler.written(), &self.pipeline.ifindexes);
-        match self.store.save(&records, clean, &mut self.warm_metrics) {
-            Ok(()) => tracing::debug!(ports = records.len(), clean, "state file saved"),
-            Err(e) => {
-                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "cannot save the warm-restart state file")
-            }
+        self.store.save_in_background(records, clean, &mut self.warm_metrics);
+    }
+
+    /// A save that finished since the last tick: its counts go into the exported stats.
+    pub(super) fn reap_state_save(&mut self) {
+        if self.store.reap(&mut self.warm_metrics) {
+            self.mark_stats();
         }
+    }
+
+    /// At shutdown: written even if unchanged (it carries `clean`), and on disk on return.
+    pub(super) async fn save_state_final(&mut self, clean: bool) {
+        let records = records_from_state(&self.pipeline.reconciler.written(), &self.pipeline.ifindexes);
+        self.store.save_and_wait(records, clean, &mut self.warm_metrics).await;
     }
 
     pub(super) fn write_interval(&mut self) {
@@ -114,7 +124,8 @@ impl Daemon {
         }
         if let Some(path) = &self.cfg.stats_file {
             if let Err(e) = write_json_atomic(path, &snap) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write stats file");
+                let source = std::error::Error::source(&e);
+                tracing::warn!(path = %path.display(), error = %e, source = ?source, "cannot write stats file");
             }
         }
     }

@@ -6,8 +6,9 @@ pub mod fields;
 pub mod latency;
 pub mod prometheus;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::atomic_file::{self, AtomicWriteError, Durability};
 
 crate::described! {
     /// Event-path counters (owned by the daemon task; no atomics needed).
@@ -73,20 +74,28 @@ crate::described! {
     }
 }
 
-/// Writes `value` as JSON to `path` atomically (temp file + rename), so readers never see a
-/// half-written file.
-pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
-    let tmp: PathBuf = {
-        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        name.push(".tmp");
-        path.with_file_name(name)
-    };
+/// Mode of the stats file: monitoring tools of other users read it.
+const STATS_FILE_MODE: u32 = 0o644;
+
+/// Why the stats snapshot could not be written; the previous file is left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsFileError {
+    /// The snapshot could not be encoded.
+    #[error("cannot encode the stats snapshot")]
+    Encode(#[source] serde_json::Error),
+    /// The file could not be replaced.
+    #[error(transparent)]
+    Write(#[from] AtomicWriteError),
+}
+
+/// Writes `value` as JSON to `path` atomically, so readers never see a half-written file. Not
+/// fsynced: it is a snapshot for readers, rewritten every 200 ms, and worthless after a crash.
+pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<(), StatsFileError> {
     // One write(2): serde_json writes token by token, and on an unbuffered file that was
     // hundreds of system calls per snapshot, a quarter of the daemon's CPU in a long storm.
-    let mut bytes = serde_json::to_vec_pretty(value)?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(StatsFileError::Encode)?;
     bytes.push(b'\n');
-    std::fs::File::create(&tmp)?.write_all(&bytes)?;
-    std::fs::rename(&tmp, path)
+    Ok(atomic_file::replace(path, &bytes, STATS_FILE_MODE, Durability::Unsynced)?)
 }
 
 #[cfg(test)]

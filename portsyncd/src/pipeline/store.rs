@@ -11,9 +11,10 @@ pub type Reply<T = ()> = Result<T, Refusal>;
 
 /// Where the pipeline's Redis calls go. `Err` means the connection is lost (or hung past the
 /// deadline): nothing of the call can be trusted, and every change is kept for later.
-// The daemon runs on a current-thread runtime: these futures never cross threads, so no `Send`
-// bound is wanted.
-#[allow(async_fn_in_trait)]
+#[expect(
+    async_fn_in_trait,
+    reason = "the daemon runs on a current-thread runtime: these futures never cross threads, so no `Send` bound is wanted"
+)]
 pub trait PortStore {
     /// For each of `names`: does APPL_DB `PORT_TABLE:<p>` exist (one round trip).
     async fn present_in_appl(&mut self, names: &[PortName]) -> Result<Vec<Reply<bool>>, WriteError>;

@@ -108,6 +108,37 @@ impl WarmRestartMetrics {
         bump(&mut self.state_save_failures, 1);
     }
 
+    /// Adds every count of `other` (the counts of a save made on another thread, see
+    /// [`StateSaver`](super::saver::StateSaver)); durations are not counts and stay as they are.
+    pub fn add_counts(&mut self, other: &WarmRestartMetrics) {
+        // Destructured, so that a new counter cannot be forgotten here.
+        let WarmRestartMetrics {
+            cold_starts,
+            warm_starts,
+            eoiu_seen,
+            eoiu_timed_out,
+            recoveries_from_backup,
+            corrupt_files_found,
+            backups_created,
+            backups_cleaned,
+            stale_files_removed,
+            state_saves,
+            state_save_failures,
+            initial_sync: _,
+        } = other;
+        bump(&mut self.cold_starts, *cold_starts);
+        bump(&mut self.warm_starts, *warm_starts);
+        bump(&mut self.eoiu_seen, *eoiu_seen);
+        bump(&mut self.eoiu_timed_out, *eoiu_timed_out);
+        bump(&mut self.recoveries_from_backup, *recoveries_from_backup);
+        bump(&mut self.corrupt_files_found, *corrupt_files_found);
+        bump(&mut self.backups_created, *backups_created);
+        bump(&mut self.backups_cleaned, *backups_cleaned);
+        bump(&mut self.stale_files_removed, *stale_files_removed);
+        bump(&mut self.state_saves, *state_saves);
+        bump(&mut self.state_save_failures, *state_save_failures);
+    }
+
     /// One line for the log, e.g. once per start after initial sync.
     pub fn summary(&self) -> String {
         format!(

@@ -3,6 +3,7 @@
 //! diffed against, so a restart with no link change writes nothing.
 
 pub mod metrics;
+pub mod saver;
 pub mod state_file;
 
 use std::collections::{BTreeMap, HashMap};

@@ -7,18 +7,26 @@
 //! - `<dir>/backups/port_state.<unix_ms:013>.<seq:03>.json`: earlier documents, newest = largest
 //!   `(unix_ms, seq)`; names also sort lexically (13 digits of milliseconds last until 2286);
 //! - `*.corrupt.<unix_ms>`: files that failed to load, kept for a human and never read again;
-//! - `<dir>/.port_state.json.tmp.<pid>.<n>`: a save in progress (removed at the next load).
+//! - `<dir>/.port_state.json.tmp.<random>`: a save in progress (removed at the next load).
 //!
 //! Age is judged only by the document's own `saved_at_unix_ms`, never by mtime: copying or
 //! restoring a file changes its mtime, and version 1 always writes the field, so a document
 //! without it is malformed and treated as corrupt. A document dated more than
 //! [`FUTURE_TOLERANCE`] ahead of the clock is treated as stale: its age cannot be known (the
 //! clock stepped back, or the file came from another machine), so it is removed, not trusted.
+//!
+//! Saves of an unchanged document are skipped ([`StateStore::save_if_changed`]); only when the
+//! current file nears the maximum age is it rewritten in place, without a new backup, so that
+//! steady links neither fill `backups/` with copies nor let the file go stale.
+//!
+//! This module is long because the file's whole life is in one place (save, rotation, load
+//! with fallback to backups, staleness, setting corrupt files aside), each step small and all
+//! of them sharing the naming rules; about half of it is tests.
 
 use std::collections::BTreeMap;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::metrics::WarmRestartMetrics;
+use crate::atomic_file::{self, AtomicWriteError, Durability};
 
 /// Version written into every document; any other version is not loaded.
 pub const STATE_FILE_VERSION: u32 = 1;
@@ -45,8 +54,9 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 const BACKUP_DIR: &str = "backups";
 const CORRUPT_TAG: &str = ".corrupt.";
-const TMP_TAG: &str = ".tmp.";
 const FALLBACK_FILE_NAME: &str = "port_state.json";
+/// Only the daemon reads the file back; its backups are hard links and share the mode.
+const FILE_MODE: u32 = 0o600;
 
 /// One port as last written to STATE_DB.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +132,8 @@ pub enum StateFileError {
     /// Creating, writing or fsyncing the temporary file failed.
     #[error("cannot write temporary state file {}", path.display())]
     WriteTemp {
-        /// The temporary file (already removed again).
+        /// The temporary file (already removed again), or the directory it could not be
+        /// created in.
         path: PathBuf,
         /// What the kernel said.
         #[source]
@@ -162,7 +173,27 @@ pub struct StateStore {
     stem: String,
     ext: String,
     boot_id: Option<String>,
-    tmp_seq: u64,
+    /// What the last successful save wrote, for [`save_if_changed`](Self::save_if_changed).
+    last_saved: Option<LastSave>,
+}
+
+/// The content of the last document written, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LastSave {
+    ports: BTreeMap<String, PortRecord>,
+    clean_shutdown: bool,
+    at_ms: u64,
+}
+
+/// What [`StateStore::save_if_changed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveOutcome {
+    /// The document changed: written, the previous one rotated into the backups.
+    Written,
+    /// Unchanged but past half the maximum age: rewritten with a new date, no backup taken.
+    Refreshed,
+    /// Unchanged since the last save: nothing touched.
+    Unchanged,
 }
 
 /// Document as written; borrows the caller's map so a save copies nothing.
@@ -255,14 +286,20 @@ impl StateStore {
         if cfg.path.file_name().is_none() {
             cfg.path = cfg.path.join(FALLBACK_FILE_NAME);
         }
-        let dir = match cfg.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = atomic_file::parent_dir(&cfg.path).to_path_buf();
         let file_name = lossy(cfg.path.file_name());
         let stem = lossy(cfg.path.file_stem());
         let ext = cfg.path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-        Self { backup_dir: dir.join(BACKUP_DIR), dir, file_name, stem, ext, boot_id: read_boot_id(), tmp_seq: 0, cfg }
+        Self {
+            backup_dir: dir.join(BACKUP_DIR),
+            dir,
+            file_name,
+            stem,
+            ext,
+            boot_id: read_boot_id(),
+            last_saved: None,
+            cfg,
+        }
     }
 
     /// The current file's path.
@@ -289,6 +326,24 @@ impl StateStore {
         metrics: &mut WarmRestartMetrics,
     ) -> Result<(), StateFileError> {
         self.save_at(now_unix_ms(), ports, clean_shutdown, metrics)
+    }
+
+    /// [`save`](Self::save), unless this store's last successful save wrote the same ports and
+    /// the same `clean_shutdown`: then nothing is written (a periodic save of steady links takes
+    /// no backup and no fsync), except that a document past half the maximum age is rewritten
+    /// in place, without a backup, so that it never goes stale while still true.
+    pub fn save_if_changed(
+        &mut self,
+        ports: &BTreeMap<String, PortRecord>,
+        clean_shutdown: bool,
+        metrics: &mut WarmRestartMetrics,
+    ) -> Result<SaveOutcome, StateFileError> {
+        self.save_if_changed_at(now_unix_ms(), ports, clean_shutdown, metrics)
+    }
+
+    /// Whether [`save_if_changed`](Self::save_if_changed) would write nothing now; no I/O.
+    pub fn is_unchanged(&self, ports: &BTreeMap<String, PortRecord>, clean_shutdown: bool) -> bool {
+        self.unchanged_at(now_unix_ms(), ports, clean_shutdown) == Some(true)
     }
 
     /// Removes stale documents (current and backups), `*.corrupt.*` files older than the
@@ -394,6 +449,31 @@ impl StateStore {
         found
     }
 
+    /// `Some(true)`: same content as the last save and young enough to leave alone;
+    /// `Some(false)`: same content but due for a refresh; `None`: changed (or never saved).
+    fn unchanged_at(&self, now_ms: u64, ports: &BTreeMap<String, PortRecord>, clean_shutdown: bool) -> Option<bool> {
+        let last = self.last_saved.as_ref().filter(|l| l.clean_shutdown == clean_shutdown && l.ports == *ports)?;
+        let refresh_after_ms = u64::try_from(self.cfg.max_age.as_millis() / 2).unwrap_or(u64::MAX);
+        // A clock that stepped back makes the age 0: the file is then younger, not older.
+        Some(now_ms.saturating_sub(last.at_ms) < refresh_after_ms)
+    }
+
+    fn save_if_changed_at(
+        &mut self,
+        now_ms: u64,
+        ports: &BTreeMap<String, PortRecord>,
+        clean_shutdown: bool,
+        metrics: &mut WarmRestartMetrics,
+    ) -> Result<SaveOutcome, StateFileError> {
+        match self.unchanged_at(now_ms, ports, clean_shutdown) {
+            Some(true) => Ok(SaveOutcome::Unchanged),
+            Some(false) => {
+                self.counted_save(now_ms, ports, clean_shutdown, false, metrics).map(|()| SaveOutcome::Refreshed)
+            }
+            None => self.counted_save(now_ms, ports, clean_shutdown, true, metrics).map(|()| SaveOutcome::Written),
+        }
+    }
+
     fn save_at(
         &mut self,
         now_ms: u64,
@@ -401,9 +481,23 @@ impl StateStore {
         clean_shutdown: bool,
         metrics: &mut WarmRestartMetrics,
     ) -> Result<(), StateFileError> {
-        let result = self.write_document(now_ms, ports, clean_shutdown, metrics);
+        self.counted_save(now_ms, ports, clean_shutdown, true, metrics)
+    }
+
+    fn counted_save(
+        &mut self,
+        now_ms: u64,
+        ports: &BTreeMap<String, PortRecord>,
+        clean_shutdown: bool,
+        backup: bool,
+        metrics: &mut WarmRestartMetrics,
+    ) -> Result<(), StateFileError> {
+        let result = self.write_document(now_ms, ports, clean_shutdown, backup, metrics);
         match &result {
-            Ok(()) => metrics.record_save(),
+            Ok(()) => {
+                metrics.record_save();
+                self.last_saved = Some(LastSave { ports: ports.clone(), clean_shutdown, at_ms: now_ms });
+            }
             Err(_) => metrics.record_save_failure(),
         }
         result
@@ -414,6 +508,7 @@ impl StateStore {
         now_ms: u64,
         ports: &BTreeMap<String, PortRecord>,
         clean_shutdown: bool,
+        backup: bool,
         metrics: &mut WarmRestartMetrics,
     ) -> Result<(), StateFileError> {
         create_private_dir(&self.dir).map_err(|source| StateFileError::CreateDir { path: self.dir.clone(), source })?;
@@ -422,19 +517,15 @@ impl StateStore {
 
         // Link the old file into backups/ before replacing it, so that at every instant the
         // current name holds a complete document (the old one, then the new one).
-        self.rotate(now_ms, metrics);
-
-        self.tmp_seq = self.tmp_seq.wrapping_add(1);
-        let tmp = self.dir.join(format!(".{}{TMP_TAG}{}.{}", self.file_name, std::process::id(), self.tmp_seq));
-        if let Err(source) = write_new_file(&tmp, &body) {
-            let _ = fs::remove_file(&tmp);
-            return Err(StateFileError::WriteTemp { path: tmp, source });
+        if backup {
+            self.rotate(now_ms, metrics);
         }
-        if let Err(source) = fs::rename(&tmp, &self.cfg.path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(StateFileError::Rename { from: tmp, to: self.cfg.path.clone(), source });
-        }
-        sync_dir(&self.dir).map_err(|source| StateFileError::SyncDir { path: self.dir.clone(), source })
+        atomic_file::replace(&self.cfg.path, &body, FILE_MODE, Durability::Synced).map_err(|e| match e {
+            AtomicWriteError::Create { dir, source } => StateFileError::WriteTemp { path: dir, source },
+            AtomicWriteError::Write { path, source } => StateFileError::WriteTemp { path, source },
+            AtomicWriteError::Rename { from, to, source } => StateFileError::Rename { from, to, source },
+            AtomicWriteError::SyncDir { dir, source } => StateFileError::SyncDir { path: dir, source },
+        })
     }
 
     /// Hard-links the current file into backups/ (no copy, no window without a current file)
@@ -490,7 +581,7 @@ impl StateStore {
         match fs::hard_link(&self.cfg.path, &dest) {
             Ok(()) => {
                 metrics.record_backup_created();
-                if let Err(e) = sync_dir(&self.backup_dir) {
+                if let Err(e) = atomic_file::sync_dir(&self.backup_dir) {
                     warn!(
                         path = %self.backup_dir.display(),
                         error = %e,
@@ -530,7 +621,7 @@ impl StateStore {
     /// Temp files are only ever ours and never outlive a save, so any found belong to a save
     /// that was interrupted (crash, power loss).
     fn remove_temp_files(&self) {
-        let prefix = format!(".{}{TMP_TAG}", self.file_name);
+        let prefix = atomic_file::temp_prefix(&self.file_name);
         for name in dir_names(&self.dir).into_iter().filter(|n| n.starts_with(&prefix)) {
             let path = self.dir.join(name);
             match fs::remove_file(&path) {
@@ -703,24 +794,6 @@ fn dir_names(dir: &Path) -> Vec<String> {
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-fn write_new_file(path: &Path, body: &[u8]) -> io::Result<()> {
-    // A file of this name can only be left over from an earlier process that had our pid
-    // (containers reuse small pids) and crashed mid-save.
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    // The umask may have removed bits from the mode above; the result must be exactly 0600.
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(body)?;
-    file.sync_all()
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn read_boot_id() -> Option<String> {
@@ -922,6 +995,83 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_state_is_not_written_and_takes_no_backup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = store_in(tmp.path(), 3);
+        let mut m = WarmRestartMetrics::default();
+        assert_eq!(store.save_if_changed(&ports(4, 1), false, &mut m).unwrap(), SaveOutcome::Written);
+        let before = fs::read(store.path()).unwrap();
+        let inode = fs::metadata(store.path()).unwrap().ino();
+
+        assert!(store.is_unchanged(&ports(4, 1), false));
+        for _ in 0..3 {
+            assert_eq!(store.save_if_changed(&ports(4, 1), false, &mut m).unwrap(), SaveOutcome::Unchanged);
+        }
+        assert_eq!(fs::read(store.path()).unwrap(), before, "rewritten (saved_at would differ)");
+        assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode, "replaced");
+        assert!(store.list_backups().is_empty());
+        assert_eq!((m.state_saves, m.backups_created), (1, 0));
+    }
+
+    #[test]
+    fn changed_state_is_written_and_the_previous_document_backed_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = store_in(tmp.path(), 3);
+        let mut m = WarmRestartMetrics::default();
+        assert_eq!(store.save_if_changed(&ports(4, 1), false, &mut m).unwrap(), SaveOutcome::Written);
+        assert!(!store.is_unchanged(&ports(4, 2), false));
+        assert_eq!(store.save_if_changed(&ports(4, 2), false, &mut m).unwrap(), SaveOutcome::Written);
+        assert_eq!(marker(store.path()), 2);
+        assert_eq!(backup_markers(&store), [1]);
+
+        // The clean-shutdown flag is part of the document: a change of it alone is written.
+        assert!(!store.is_unchanged(&ports(4, 2), true));
+        assert_eq!(store.save_if_changed(&ports(4, 2), true, &mut m).unwrap(), SaveOutcome::Written);
+        assert!(store.load(&mut m).unwrap().clean_shutdown);
+        assert_eq!(backup_markers(&store), [1, 2]);
+        assert_eq!((m.state_saves, m.backups_created), (3, 2));
+    }
+
+    #[test]
+    fn unchanged_state_past_half_the_max_age_is_refreshed_without_a_backup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = store_in(tmp.path(), 3);
+        let mut m = WarmRestartMetrics::default();
+        let t = now_unix_ms();
+        let half = DEFAULT_MAX_AGE.as_millis() as u64 / 2;
+        store.save_if_changed_at(t, &ports(4, 1), false, &mut m).unwrap();
+        let at = |store: &StateStore| match examine(store.path(), now_unix_ms() + 2 * half, Duration::MAX) {
+            Verdict::Usable(d) => d.saved_at_unix_ms,
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(
+            store.save_if_changed_at(t + half - 1, &ports(4, 1), false, &mut m).unwrap(),
+            SaveOutcome::Unchanged
+        );
+        assert_eq!(at(&store), t);
+        assert_eq!(store.save_if_changed_at(t + half, &ports(4, 1), false, &mut m).unwrap(), SaveOutcome::Refreshed);
+        assert_eq!(at(&store), t + half);
+        assert!(store.list_backups().is_empty());
+        assert_eq!(
+            store.save_if_changed_at(t + half + 1, &ports(4, 1), false, &mut m).unwrap(),
+            SaveOutcome::Unchanged,
+            "the refresh counts as the last save"
+        );
+    }
+
+    #[test]
+    fn a_failed_save_is_not_taken_as_the_last_saved_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = store_in(tmp.path(), 3);
+        let mut m = WarmRestartMetrics::default();
+        fs::create_dir_all(store.path().join("x")).unwrap();
+        assert!(store.save_if_changed(&ports(4, 1), false, &mut m).is_err());
+        fs::remove_dir_all(store.path()).unwrap();
+        assert_eq!(store.save_if_changed(&ports(4, 1), false, &mut m).unwrap(), SaveOutcome::Written);
+        assert_eq!(marker(store.path()), 1);
+    }
+
+    #[test]
     fn rotation_keeps_the_newest_backups_up_to_retention() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = store_in(tmp.path(), 3);
@@ -1074,7 +1224,7 @@ mod tests {
             (
                 "too large",
                 |p| {
-                    File::options().write(true).open(p).unwrap().set_len(MAX_FILE_BYTES + 1).unwrap();
+                    fs::File::options().write(true).open(p).unwrap().set_len(MAX_FILE_BYTES + 1).unwrap();
                 },
                 |r| matches!(r, Rejection::TooLarge),
             ),
