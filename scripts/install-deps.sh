@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what portsyncd's demo, tests, fuzzers, benchmarks and package need on a fresh Debian
 # 12 machine, as root: redis-server, iproute2, capsh (libcap2-bin), g++ (libFuzzer), the eBPF
-# toolchain (Debian rustc 1.96 + rust-src, LLVM 22, bpf-linker) and cargo-deb. Idempotent:
-# whatever is already present is left alone.
+# toolchain (Debian rustc 1.96 + rust-src, LLVM 22, bpf-linker), cargo-deb and cargo-nextest.
+# Idempotent: whatever is already present is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +32,20 @@ CARGO_DEB_VERSION=3.8.0
 if ! command -v cargo-deb >/dev/null; then
     echo "install-deps: cargo install cargo-deb $CARGO_DEB_VERSION"
     "${CARGO:-cargo}" install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+fi
+# cargo-nextest runs the tests of `cargo xtask test` and reports each one in JSON. The machines
+# CI runs on come with it; elsewhere it is built from crates.io (only registries are reachable,
+# so not nextest's prebuilt archive). cargo-binstall, where present, tries a prebuilt binary
+# first and builds from source itself when none can be fetched.
+CARGO_NEXTEST_VERSION=0.9.143
+if ! command -v cargo-nextest >/dev/null; then
+    if command -v cargo-binstall >/dev/null; then
+        echo "install-deps: cargo binstall cargo-nextest $CARGO_NEXTEST_VERSION"
+        "${CARGO:-cargo}" binstall --no-confirm --locked "cargo-nextest@$CARGO_NEXTEST_VERSION"
+    else
+        echo "install-deps: cargo install cargo-nextest $CARGO_NEXTEST_VERSION (a few minutes)"
+        "${CARGO:-cargo}" install cargo-nextest --locked --version "$CARGO_NEXTEST_VERSION"
+    fi
 fi
 # The Prometheus project's reference OpenMetrics parser: the e2e tests read the daemon's scrape
 # with it, as a Prometheus server would.

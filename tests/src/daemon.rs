@@ -1,5 +1,9 @@
 //! The daemon under test: the portsyncd binary started inside a namespace with a private
 //! stats/state directory in, its log, exit status and stats JSON out.
+//!
+//! Over 400 lines because it is the whole life of one child process (the flags of
+//! [`DaemonOpts`], start, the readiness and stats waits, each way to stop it, the clean-up in
+//! `Drop`), and every e2e test goes through it; the parts only make sense together.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

@@ -60,8 +60,7 @@ mod scenario;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -150,57 +149,13 @@ pub(crate) fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Set on SIGINT/SIGTERM; every wait loop checks it, so the guards' Drop removes namespaces,
-/// daemons and redis-servers instead of the process dying with them in place.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Catches SIGINT/SIGTERM on a thread of its own (a handler, not a blocked mask: children would
-/// inherit the mask).
-fn install_interrupt_handler() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (tx, rx) = mpsc::channel::<Result<(), String>>();
-    std::thread::Builder::new()
-        .name("bench-signals".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-                    (Ok(t), Ok(i)) => (t, i),
-                    (Err(e), _) | (_, Err(e)) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = tx.send(Ok(()));
-                loop {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                    INTERRUPTED.store(true, Ordering::Relaxed);
-                    eprintln!("\nbench: interrupted; cleaning up...");
-                }
-            });
-        })
-        .context("spawn signal thread")?;
-    match rx.recv_timeout(Duration::from_secs(5)) {
-        Ok(r) => r.map_err(|e| anyhow::anyhow!("installing signal handlers: {e}")),
-        Err(e) => bail!("signal thread did not start: {e}"),
-    }
-}
+/// Set on SIGINT/SIGTERM once the storms start; every wait loop checks it (see
+/// [`xtask::Interrupt`]).
+static INTERRUPT: OnceLock<xtask::Interrupt> = OnceLock::new();
 
 /// An error once the user interrupted the benchmark.
 pub(crate) fn check_interrupt() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
+    INTERRUPT.get().map_or(Ok(()), xtask::Interrupt::check)
 }
 
 /// SCHED_FIFO priority of the witness threads.
@@ -329,7 +284,9 @@ fn host_info() -> serde_json::Value {
 
 fn storm(opts: Options) -> anyhow::Result<()> {
     let bin = prepare_binary(&opts)?;
-    install_interrupt_handler()?;
+    if INTERRUPT.set(xtask::Interrupt::install("bench")?).is_err() {
+        bail!("bench: signal handlers installed twice");
+    }
     let mut ctx = Ctx {
         dump_dir: opts.dump_dir.clone(),
         slack: Duration::from_micros(opts.witness_slack_us),

@@ -5,15 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use portsyncd_e2e::db::{seed_config_ports, state_db_mismatches, state_db_port_table, APPL_DB};
 use portsyncd_e2e::{Capture, Daemon, DaemonOpts, NetNs, Orchagent, RedisServer, Stats};
 use serde_json::Value;
-use tokio::signal::unix::{signal, SignalKind};
+use xtask::Interrupt;
 
 /// Most ports the demo creates (veth pairs are cheap, but the table is printed).
 const MAX_PORTS: u32 = 4096;
@@ -41,66 +39,6 @@ pub struct Options {
     pub no_build: bool,
 }
 
-/// Set by the signal thread on SIGINT/SIGTERM.
-#[derive(Debug, Clone, Default)]
-struct Interrupt(Arc<AtomicBool>);
-
-impl Interrupt {
-    /// Catches SIGINT/SIGTERM on a thread of its own so that the guards' Drop runs instead of a
-    /// sudden death. A handler, not a blocked mask + signalfd: children inherit a blocked mask,
-    /// and a daemon that cannot see SIGTERM cannot be stopped cleanly.
-    fn install() -> anyhow::Result<Self> {
-        let flag = Interrupt::default();
-        let f = flag.clone();
-        let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
-        std::thread::Builder::new().name("demo-signals".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into()));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let mut term = match signal(SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into()));
-                        return;
-                    }
-                };
-                let mut int = match signal(SignalKind::interrupt()) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into()));
-                        return;
-                    }
-                };
-                let _ = tx.send(Ok(()));
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                eprintln!("\ndemo: interrupted, cleaning up...");
-                f.0.store(true, Ordering::SeqCst);
-            });
-        })?;
-        rx.recv().context("signal thread ended before installing its handlers")??;
-        Ok(flag)
-    }
-
-    fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    fn check(&self) -> anyhow::Result<()> {
-        if self.is_set() {
-            bail!("interrupted");
-        }
-        Ok(())
-    }
-}
-
 /// Runs the demo.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     if opts.ports == 0 || opts.ports > MAX_PORTS {
@@ -121,7 +59,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bail!("{} not found: run without --no-build", binary.display());
     }
 
-    let interrupt = Interrupt::install()?;
+    let interrupt = Interrupt::install("demo")?;
     // The harness reports failures by panicking; its guards clean up while unwinding. A panic
     // caused by Ctrl-C (children die with the terminal's SIGINT) is not worth a report.
     let hook_flag = interrupt.clone();

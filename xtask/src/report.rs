@@ -1,6 +1,10 @@
 //! `cargo xtask report <histogram-log>`: reads the daemon's HdrHistogram V2 interval log
 //! (`portsyncd --histogram-log`), merges each tag's intervals and writes one SVG with latency by
 //! percentile per time tag and the percentile table of every tag; prints the path and the table.
+//!
+//! Over 400 lines because the log parser, the percentile table and the chart (its percentile
+//! axis is a custom plotters coordinate) share the per-tag histograms and units and are used
+//! by the demo as one call ([`render_file`]); split it along those three if it grows further.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
