@@ -483,7 +483,9 @@ pub fn filter_config(prefixes: &[String]) -> Result<FilterConfig, EbpfError> {
         if bytes.len() > PREFIX_LEN {
             return Err(EbpfError::PrefixTooLong { prefix: prefix.clone(), len: bytes.len(), max: PREFIX_LEN });
         }
-        slot[..bytes.len()].copy_from_slice(bytes);
+        for (dst, src) in slot.iter_mut().zip(bytes) {
+            *dst = *src;
+        }
         // Fits: PREFIX_LEN (16) < 256.
         *len = bytes.len() as u8;
     }

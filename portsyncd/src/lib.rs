@@ -7,6 +7,8 @@
 //! pipelined round trip per batch, one reply per port). [`daemon`] wires the stages together;
 //! [`startup`] performs the C++ daemon's start-up sequence against CONFIG_DB/APPL_DB/STATE_DB.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+// Out-of-bounds input must be an error, never a panic; tests index freely.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod atomic_file;
 pub mod batch;

@@ -29,14 +29,16 @@ impl PortName {
             return None;
         }
         let mut bytes = [0; 15];
-        bytes[..name.len()].copy_from_slice(name);
+        for (dst, src) in bytes.iter_mut().zip(name) {
+            *dst = *src;
+        }
         Some(Self { len: name.len() as u8, bytes })
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
         // Checked as UTF-8 in `new`; the fallback is unreachable.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+        std::str::from_utf8(self.bytes.get(..usize::from(self.len)).unwrap_or_default()).unwrap_or("")
     }
 }
 

@@ -208,7 +208,7 @@ pub async fn serve(listener: tokio::net::TcpListener, export: Arc<PrometheusExpo
                 .ok()
                 .and_then(|r| r.ok())
                 .unwrap_or(0);
-            let (status, ctype, body) = if req[..n].starts_with(b"GET ") {
+            let (status, ctype, body) = if req.get(..n).is_some_and(|r| r.starts_with(b"GET ")) {
                 ("200 OK", CONTENT_TYPE, export.encode())
             } else {
                 ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned())

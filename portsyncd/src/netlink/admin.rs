@@ -86,7 +86,7 @@ fn append_set_down(buf: &mut Vec<u8>, ifindex: u32, seq: u32) {
     hdr.sequence_number = seq;
     let mut msg = NetlinkMessage::new(hdr, NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(link)));
     msg.finalize();
-    let start = buf.len();
-    buf.resize(start + msg.buffer_len(), 0);
-    msg.serialize(&mut buf[start..]);
+    let mut encoded = vec![0; msg.buffer_len()];
+    msg.serialize(&mut encoded);
+    buf.extend_from_slice(&encoded);
 }

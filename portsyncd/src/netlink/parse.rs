@@ -60,8 +60,8 @@ pub enum Message {
 /// messages met (decoding stops at the first, since its length cannot be trusted).
 pub fn for_each_message(buf: &[u8], origin: u8, timestamp_ns: u64, mut f: impl FnMut(Header, Message)) -> usize {
     let mut off = 0;
-    while off + 16 <= buf.len() {
-        let Ok(nl) = NetlinkBuffer::new_checked(&buf[off..]) else {
+    while let Some(rest) = buf.get(off..).filter(|r| r.len() >= 16) {
+        let Ok(nl) = NetlinkBuffer::new_checked(rest) else {
             f(Header { msg_type: 0, flags: 0, seq: 0, pid: 0 }, Message::Malformed);
             return 1;
         };
@@ -76,7 +76,7 @@ pub fn for_each_message(buf: &[u8], origin: u8, timestamp_ns: u64, mut f: impl F
             },
             NLMSG_DONE => Message::Done,
             NLMSG_ERROR => {
-                let code = payload.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                let code = payload.get(..4).and_then(|b| b.try_into().ok()).map_or(0, i32::from_ne_bytes);
                 Message::Error(code)
             }
             NLMSG_OVERRUN => Message::Overrun,
