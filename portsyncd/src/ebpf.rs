@@ -1,6 +1,10 @@
 //! eBPF capture: loads the embedded `portsyncd-ebpf` socket filter onto the daemon's event
 //! socket (`NETLINK_ROUTE`, `RTNLGRP_LINK`) and reads the [`PortEvent`]s it writes into the ring
 //! buffer, plus the program's per-CPU counters.
+//!
+//! Over 400 lines because every way loading can fail is classified here (host limits that make
+//! `auto` fall back, against real errors), next to the load it describes; the ring decoding and
+//! the object checks are small and share the same map and layout facts.
 
 use std::{
     fmt, io,

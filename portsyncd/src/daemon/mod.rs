@@ -6,6 +6,10 @@
 //! Where each step lives: [`sync`] (dumps, old interfaces, the warm baseline, which absent
 //! ports may be deleted, self-healing), [`crate::pipeline`] (when and how changes are written),
 //! [`stats`] (what is exported).
+//!
+//! Over 400 lines because the event loop's `select!` and the Redis-health state machine
+//! (outage, restart, republish, resync guard) read best in one place: every arm shares the
+//! daemon's state, and splitting them would pass most of `Daemon` to each piece.
 
 mod stats;
 mod sync;

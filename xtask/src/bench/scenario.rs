@@ -1,5 +1,7 @@
 //! One measured run: a fresh redis-server + namespace + daemon, a scenario (`ip -batch` storm or
 //! a restart) in, one [`RunRecord`] of figures out. Everything is dropped (and cleaned) at return.
+//! Over 400 lines because storms and restarts share the set-up, witnesses and settle logic; each
+//! measurement step is a short function of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
