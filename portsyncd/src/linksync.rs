@@ -117,6 +117,11 @@ pub enum Verdict {
     Ignore(Ignored),
 }
 
+/// Whether LinkSync handles netdevs of this name (its prefix test).
+pub fn is_port_name(name: &[u8]) -> bool {
+    PORT_PREFIXES.iter().any(|p| name.starts_with(p.as_bytes()))
+}
+
 /// Applies LinkSync's decision procedure, in its order: type, name prefix, team kind, DELLINK
 /// with master, old interface.
 pub fn classify(ev: &PortEvent, old_ifindexes: &HashSet<u32>) -> Verdict {
@@ -124,7 +129,7 @@ pub fn classify(ev: &PortEvent, old_ifindexes: &HashSet<u32>) -> Verdict {
         return Verdict::Ignore(Ignored::NotLink);
     }
     let raw = ev.name_bytes();
-    if !PORT_PREFIXES.iter().any(|p| raw.starts_with(p.as_bytes())) {
+    if !is_port_name(raw) {
         return Verdict::Ignore(Ignored::Name);
     }
     let Some(name) = PortName::new(raw) else {

@@ -2,8 +2,9 @@
 //! the eBPF ring buffer. One call drains everything ready, as one batch of [`PortEvent`]s.
 //!
 //! When events come in a storm, waking per event costs more than the event (a context switch,
-//! then a Redis round trip for two or three events). So once a wake-up finds more than one event
-//! waiting, the source stops waiting for events and reads them on a microsecond timer instead,
+//! then a Redis round trip for two or three events). So once a wake-up finds changes of more
+//! than one port waiting (one change of one port often comes as two or three messages), the
+//! source stops waiting for events and reads them on a microsecond timer instead,
 //! one poll interval after the previous read, the interval doubling from [`POLL_START_NS`] up to
 //! `--batch-linger-us` while polls keep finding events; in eBPF mode the kernel program also
 //! stops waking the daemon meanwhile. The first poll that finds nothing ends the storm, so an
@@ -55,6 +56,11 @@ crate::described! {
         /// eBPF mode: link messages the filter passed to the socket although the ring had room
         /// (it could not parse them), decoded here like any netlink message.
         pub passed_through: u64,
+        /// Storms begun: a wake-up found several events waiting, so the source polled on a
+        /// timer until a poll found none.
+        pub storms: u64,
+        /// Timed reads during storms (each replaces a wake-up per event).
+        pub storm_polls: u64,
     }
 }
 
@@ -71,14 +77,23 @@ struct Poll {
 }
 
 /// The poll interval after a read that found `events` (`None`: wait for events instead). A
-/// storm begins when one read finds several events, goes on while polls find any, and the
-/// interval doubles per poll up to `max_ns` (0: never poll).
-fn next_poll_interval(polling: Option<u64>, events: usize, max_ns: u64) -> Option<u64> {
+/// storm begins when one read finds changes of several ports, goes on while polls find any
+/// event, and the interval doubles per poll up to `max_ns` (0: never poll).
+fn next_poll_interval(polling: Option<u64>, events: &[PortEvent], max_ns: u64) -> Option<u64> {
     match polling {
-        _ if max_ns == 0 || events == 0 => None,
-        None if events >= 2 => Some(POLL_START_NS.min(max_ns)),
+        _ if max_ns == 0 || events.is_empty() => None,
+        None if several_ports(events) => Some(POLL_START_NS.min(max_ns)),
         None => None,
         Some(interval) => Some(interval.saturating_mul(2).min(max_ns)),
+    }
+}
+
+/// Whether `events` change more than one port (netdevs LinkSync ignores do not count).
+fn several_ports(events: &[PortEvent]) -> bool {
+    let mut ports = events.iter().map(PortEvent::name_bytes).filter(|n| crate::linksync::is_port_name(n));
+    match ports.next() {
+        Some(first) => ports.any(|n| n != first),
+        None => false,
     }
 }
 
@@ -172,6 +187,7 @@ impl Source {
                     None => self.timer.insert(PreciseTimer::new().map_err(SourceError::Socket)?),
                 };
                 timer.sleep_until(poll.read_ns.saturating_add(poll.interval)).await.map_err(SourceError::Socket)?;
+                self.counters.storm_polls += 1;
                 // The socket is not waited on while polling: in eBPF mode, where it carries only
                 // overflow, it is read when epoll saw data come in (netlink mode always reads it).
                 self.socket_ready |= self.sock.take_ready();
@@ -181,7 +197,7 @@ impl Source {
             let drained = self.drain_now(out, max)?;
             if !out.is_empty() || drained.overrun || drained.ring_overflow {
                 let storm = self.polling.filter(|p| !p.last).map(|p| p.interval);
-                let interval = next_poll_interval(storm, out.len() - before, self.poll_max_ns);
+                let interval = next_poll_interval(storm, out.get(before..).unwrap_or_default(), self.poll_max_ns);
                 self.set_polling(interval.map(|interval| Poll { read_ns, interval, last: false }));
                 return Ok(drained);
             }
@@ -212,6 +228,9 @@ impl Source {
     }
 
     fn set_polling(&mut self, polling: Option<Poll>) {
+        if self.polling.is_none() && polling.is_some_and(|p| !p.last) {
+            self.counters.storms += 1;
+        }
         self.polling = polling;
         if let Some(ring) = self.ebpf.as_mut() {
             // A failure only costs wake-ups; polling works either way.
@@ -304,15 +323,24 @@ impl Source {
 mod tests {
     use super::*;
 
+    fn ev(name: &str) -> PortEvent {
+        let mut e = PortEvent::zeroed();
+        e.set_name(name.as_bytes());
+        e
+    }
+
     #[test]
-    fn a_storm_starts_with_a_backlog_doubles_its_interval_and_ends_with_an_empty_poll() {
+    fn a_storm_starts_with_several_ports_waiting_doubles_its_interval_and_ends_with_an_empty_poll() {
         let max = 2_000_000;
-        assert_eq!(next_poll_interval(None, 1, max), None, "one event at a time: read per event");
-        assert_eq!(next_poll_interval(None, 3, max), Some(POLL_START_NS), "a backlog starts a storm");
-        assert_eq!(next_poll_interval(Some(250_000), 1, max), Some(500_000));
-        assert_eq!(next_poll_interval(Some(1_500_000), 9, max), Some(max), "capped");
-        assert_eq!(next_poll_interval(Some(max), 0, max), None, "an empty poll ends it");
-        assert_eq!(next_poll_interval(None, 5, 0), None, "0: never poll");
-        assert_eq!(next_poll_interval(None, 5, 100_000), Some(100_000), "a maximum below the start");
+        let one_port = [ev("Ethernet0"), ev("pe0"), ev("Ethernet0")];
+        let two_ports = [ev("Ethernet0"), ev("Ethernet4")];
+        assert_eq!(next_poll_interval(None, &one_port, max), None, "one port's messages: read per event");
+        assert_eq!(next_poll_interval(None, &[ev("pe0"), ev("pe4")], max), None, "not ports");
+        assert_eq!(next_poll_interval(None, &two_ports, max), Some(POLL_START_NS), "a backlog starts a storm");
+        assert_eq!(next_poll_interval(Some(250_000), &one_port[..1], max), Some(500_000), "a poll with events goes on");
+        assert_eq!(next_poll_interval(Some(1_500_000), &two_ports, max), Some(max), "capped");
+        assert_eq!(next_poll_interval(Some(max), &[], max), None, "an empty poll ends it");
+        assert_eq!(next_poll_interval(None, &two_ports, 0), None, "0: never poll");
+        assert_eq!(next_poll_interval(None, &two_ports, 100_000), Some(100_000), "a maximum below the start");
     }
 }

@@ -48,6 +48,49 @@ fn scenario_storm_with_linger(mode: Capture) {
     );
     // 2 rounds x 5 steps x 128 ports of changes: without lingering, batches hold 1-3 events.
     assert!(batches * 4 < u64::from(N) * 10, "lingering should batch the storm: {batches} batches, {writes} writes");
+    let source = |k: &str| stats.get(&format!("/source/{k}")).and_then(|v| v.as_u64()).unwrap_or(0);
+    assert!(source("storms") >= 1 && source("storm_polls") > source("storms"), "the storm was polled: {}", stats.0);
+}
+
+/// One link change at a time never starts a storm: each is read the moment it arrives (the
+/// p50 of an isolated event does not pay the storm's poll interval).
+fn scenario_isolated_changes_are_not_polled(mode: Capture) {
+    let mut fx = Fixture::new(mode, 2);
+    fx.start_daemon(DaemonOpts::new(mode));
+    fx.create_ports(0..2);
+    fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, portsyncd_e2e::all_links(&fx.ports, true, true));
+    let storms = |fx: &mut Fixture| {
+        fx.daemon().stats().and_then(|s| s.get("/source/storms").and_then(|v| v.as_u64())).unwrap_or(u64::MAX)
+    };
+    // Set-up notifications (a veth's operstate follows its carrier by a few ms) are over once
+    // the daemon's event count stands still.
+    let events = |fx: &mut Fixture| fx.daemon().stats().map_or(0, |s| s.counter("events"));
+    let mut last = events(&mut fx);
+    portsyncd_e2e::wait_for(DEFAULT_TIMEOUT, "the set-up's events to end", || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = events(&mut fx);
+        let quiet = now == last;
+        last = now;
+        if quiet {
+            Ok(())
+        } else {
+            Err(format!("{now} events"))
+        }
+    });
+    let before = storms(&mut fx);
+    for state in ["down", "up", "down", "up"] {
+        fx.ns.ip(&["link", "set", "pe0", state]);
+        let oper = if state == "up" { "up" } else { "down" };
+        portsyncd_e2e::wait_for(DEFAULT_TIMEOUT, &format!("Ethernet0 oper {oper}"), || {
+            match fx.state_entry("Ethernet0").get("netdev_oper_status") {
+                Some(s) if s == oper => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        // Well apart, as single events are.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(storms(&mut fx), before, "single changes must not start a storm");
 }
 
 /// Netlink: a 4 KiB socket buffer overflows (ENOBUFS) and must trigger a re-dump and resync.
@@ -116,6 +159,7 @@ fn truncated_datagram_forces_a_resync_and_loses_nothing_netlink() {
 
 capture_tests! {
     scenario_storm_with_linger => storm_with_batch_linger_matches_kernel_netlink, storm_with_batch_linger_matches_kernel_ebpf;
+    scenario_isolated_changes_are_not_polled => isolated_changes_are_not_polled_netlink, isolated_changes_are_not_polled_ebpf;
     scenario_flap_storm_256 => flap_storm_256_ports_ends_equal_to_kernel_netlink, flap_storm_256_ports_ends_equal_to_kernel_ebpf;
     scenario_overrun => overrun_event_path_resyncs_to_kernel_state_netlink, overrun_event_path_resyncs_to_kernel_state_ebpf;
 }
