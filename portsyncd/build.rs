@@ -7,9 +7,7 @@ use std::{
     process::Command,
 };
 
-/// Exit status of `scripts/build-ebpf.sh` when the toolchain is missing.
-const TOOLCHAIN_MISSING: i32 = 3;
-const INSTALL_HINT: &str = "run `bash scripts/install-ebpf-toolchain.sh && cargo xtask build-ebpf`";
+use portsyncd_common::ebpf_build::{INSTALL_HINT, RELEASE_OBJECT, TOOLCHAIN_MISSING_EXIT};
 
 fn main() {
     if let Err(message) = run() {
@@ -28,6 +26,16 @@ fn main() {
 ///    is worse than no build.
 ///
 /// The daemon checks the embedded object again at start (`ebpf::verify_embedded_object`).
+///
+/// Why not aya-build (0.2.0, read for this): it always compiles the program with
+/// `-C debuginfo=2 -C link-arg=--btf`, so the object would carry BTF that aya then sanitises and
+/// loads at every start, while this filter reads only stable UAPI and is loaded without BTF to
+/// keep the attach cheap; it runs `cargo build --package` in the calling workspace, where
+/// `portsyncd-ebpf` is deliberately not a member (it builds with another toolchain); it builds
+/// only `--release`, where `cargo xtask build-ebpf --dev` needs the dev profile; and a missing
+/// toolchain ends in rustup's error instead of the install command. Ours is one script for
+/// both callers, with the object path and exit status defined once
+/// (`portsyncd_common::ebpf_build`).
 fn run() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
     let root = manifest_dir.parent().ok_or("portsyncd has no parent directory")?.to_path_buf();
@@ -107,14 +115,14 @@ fn build(root: &Path) -> Result<PathBuf, String> {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
-    let object = root.join("portsyncd-ebpf/target/bpfel-unknown-none/release/portsyncd-ebpf");
+    let object = root.join(RELEASE_OBJECT);
     let script = root.join("scripts/build-ebpf.sh");
     let status =
         Command::new("bash").arg(&script).status().map_err(|e| format!("running `bash {}`: {e}", script.display()))?;
     match status.code() {
         Some(0) if object.is_file() => Ok(object),
         Some(0) => Err(format!("`bash {}` succeeded but {} is missing", script.display(), object.display())),
-        Some(TOOLCHAIN_MISSING) => Err(format!(
+        Some(TOOLCHAIN_MISSING_EXIT) => Err(format!(
             "the eBPF toolchain (Debian rustc + rust-src, bpf-linker) is missing, so the socket filter \
              cannot be built from these sources: {INSTALL_HINT} (or set PORTSYNCD_EBPF_OBJECT to a prebuilt object)"
         )),

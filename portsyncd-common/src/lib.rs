@@ -7,6 +7,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod ebpf_build;
 pub mod event;
 pub mod ifla;
 pub mod maps;

@@ -7,10 +7,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use portsyncd_common::ebpf_build::{INSTALL_HINT, RELEASE_OBJECT, TOOLCHAIN_MISSING_EXIT};
 use xtask::workspace_root;
-
-/// Exit status of `scripts/build-ebpf.sh` when the toolchain is missing.
-const TOOLCHAIN_MISSING: i32 = 3;
 
 /// Options of `cargo xtask build-ebpf`.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,7 +31,7 @@ impl Default for Options {
 
 /// Where the release build puts the eBPF object (an ELF file without extension).
 pub fn ebpf_object_path(workspace_root: &Path) -> PathBuf {
-    workspace_root.join("portsyncd-ebpf/target/bpfel-unknown-none/release/portsyncd-ebpf")
+    workspace_root.join(RELEASE_OBJECT)
 }
 
 /// Builds the eBPF object.
@@ -61,9 +59,21 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(TOOLCHAIN_MISSING) => {
-            bail!("the eBPF toolchain is missing: run `bash scripts/install-ebpf-toolchain.sh`")
-        }
+        Some(TOOLCHAIN_MISSING_EXIT) => bail!("the eBPF toolchain is missing: {INSTALL_HINT}"),
         _ => bail!("{cmd:?} failed: {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_script_says_what_the_shared_facts_say() {
+        let script = std::fs::read_to_string(workspace_root().join("scripts/build-ebpf.sh")).unwrap();
+        assert!(script.contains(&format!("exit {TOOLCHAIN_MISSING_EXIT}\n")), "exit status drifted");
+        let (dir, name) = RELEASE_OBJECT.rsplit_once("/release/").unwrap();
+        assert!(script.contains("--target bpfel-unknown-none") && dir.ends_with("bpfel-unknown-none"));
+        assert!(script.contains(&format!("portsyncd-ebpf/target/bpfel-unknown-none/<profile>/{name}")));
     }
 }
