@@ -129,36 +129,10 @@ pub enum StateFileError {
         #[source]
         source: serde_json::Error,
     },
-    /// Creating, writing or fsyncing the temporary file failed.
-    #[error("cannot write temporary state file {}", path.display())]
-    WriteTemp {
-        /// The temporary file (already removed again), or the directory it could not be
-        /// created in.
-        path: PathBuf,
-        /// What the kernel said.
-        #[source]
-        source: io::Error,
-    },
-    /// The temporary file could not replace the current file.
-    #[error("cannot rename {} to {}", from.display(), to.display())]
-    Rename {
-        /// The temporary file (already removed again).
-        from: PathBuf,
-        /// The state file.
-        to: PathBuf,
-        /// What the kernel said.
-        #[source]
-        source: io::Error,
-    },
-    /// The new file is in place but the directory entry may not be durable yet.
-    #[error("cannot fsync directory {}", path.display())]
-    SyncDir {
-        /// The directory.
-        path: PathBuf,
-        /// What the kernel said.
-        #[source]
-        source: io::Error,
-    },
+    /// Replacing the file (temporary file, rename, directory fsync) failed; the current file
+    /// is untouched unless the rename succeeded.
+    #[error(transparent)]
+    Replace(#[from] AtomicWriteError),
 }
 
 /// The port-state file with its backups.
@@ -520,12 +494,7 @@ impl StateStore {
         if backup {
             self.rotate(now_ms, metrics);
         }
-        atomic_file::replace(&self.cfg.path, &body, FILE_MODE, Durability::Synced).map_err(|e| match e {
-            AtomicWriteError::Create { dir, source } => StateFileError::WriteTemp { path: dir, source },
-            AtomicWriteError::Write { path, source } => StateFileError::WriteTemp { path, source },
-            AtomicWriteError::Rename { from, to, source } => StateFileError::Rename { from, to, source },
-            AtomicWriteError::SyncDir { dir, source } => StateFileError::SyncDir { path: dir, source },
-        })
+        Ok(atomic_file::replace(&self.cfg.path, &body, FILE_MODE, Durability::Synced)?)
     }
 
     /// Hard-links the current file into backups/ (no copy, no window without a current file)
@@ -973,7 +942,7 @@ mod tests {
         fs::create_dir_all(store.path().join("x")).unwrap();
 
         let err = store.save(&ports(2, 1), false, &mut m).unwrap_err();
-        assert!(matches!(err, StateFileError::Rename { .. }), "{err:?}");
+        assert!(matches!(err, StateFileError::Replace(AtomicWriteError::Rename { .. })), "{err:?}");
         assert_eq!(names(&tmp.path().join("state")), ["port_state.json"]);
         assert_eq!((m.state_saves, m.state_save_failures, m.backups_created), (0, 1, 0));
     }
