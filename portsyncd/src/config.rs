@@ -157,8 +157,9 @@ pub struct Args {
     #[arg(long, hide = true, value_name = "BYTES")]
     #[serde(skip)]
     pub test_recv_buf: Option<usize>,
-    /// Test hook: after SIGUSR2, the next batch of events blocks the event loop's thread for
-    /// this long (a hung daemon: systemd watchdog pings and the stall watchdog are exercised).
+    /// Test hook: after SIGUSR2, the next batch that leaves changes pending blocks the event
+    /// loop's thread for this long (a hung daemon: systemd watchdog pings and the stall watchdog
+    /// are exercised).
     #[arg(long, hide = true, value_name = "MS")]
     #[serde(skip)]
     pub test_stall_ms: Option<u64>,

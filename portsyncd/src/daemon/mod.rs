@@ -214,7 +214,8 @@ struct Daemon {
     /// The last verdict, as exported.
     health_now: Health,
     heartbeat: Heartbeat,
-    /// Test hook: SIGUSR2 arrived; the next batch blocks the loop (`--test-stall-ms`).
+    /// Test hook: SIGUSR2 arrived; the next batch with changes pending blocks the loop
+    /// (`--test-stall-ms`).
     stall_armed: bool,
     _watchdog: Watchdog,
     /// SIGHUP: the CONFIG_DB LOGGER watcher re-reads the log settings.
@@ -516,7 +517,10 @@ impl Daemon {
                         self.pipeline.coalescer.push(ev, &self.old_ifindexes);
                     }
                     events.clear();
-                    if std::mem::take(&mut self.stall_armed) {
+                    // The first batch that leaves changes pending (a netdev LinkSync ignores
+                    // leaves none, and a stall without pending changes is no stall).
+                    if self.stall_armed && self.pipeline.backlog() > 0 {
+                        self.stall_armed = false;
                         self.test_block_loop();
                     }
                     self.counters.enobufs = self.source.counters.enobufs;
