@@ -107,6 +107,16 @@ impl Health {
     }
 }
 
+/// The health in a stats snapshot (its `health` object), as the exports read it: the status
+/// code and, for every reason in [`Reason::ALL`] order, whether it applies. `None` when the
+/// snapshot has no health.
+pub fn from_snapshot(snapshot: &serde_json::Value) -> Option<(u64, [(Reason, bool); Reason::ALL.len()])> {
+    let code = snapshot.pointer("/health/code")?.as_u64()?;
+    let active = snapshot.pointer("/health/reasons").and_then(|v| v.as_array());
+    let on = |r: Reason| active.is_some_and(|a| a.iter().any(|v| v.as_str() == Some(r.as_str())));
+    Some((code, Reason::ALL.map(|r| (r, on(r)))))
+}
+
 /// What the daemon knows right now.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Inputs {

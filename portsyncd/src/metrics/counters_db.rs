@@ -35,11 +35,9 @@ pub fn entities(snapshot: &serde_json::Value) -> Entities {
         }
         out.insert("latency".to_owned(), fields);
     }
-    if let Some(code) = snapshot.pointer("/health/code").and_then(|v| v.as_u64()) {
-        let active = snapshot.pointer("/health/reasons").and_then(|v| v.as_array());
+    if let Some((code, reasons)) = crate::health::from_snapshot(snapshot) {
         let mut fields = BTreeMap::from([("status".to_owned(), code)]);
-        for r in crate::health::Reason::ALL {
-            let on = active.is_some_and(|a| a.iter().any(|v| v.as_str() == Some(r.as_str())));
+        for (r, on) in reasons {
             fields.insert(r.as_str().to_owned(), u64::from(on));
         }
         out.insert("health".to_owned(), fields);

@@ -17,7 +17,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::fields::Described;
-use crate::health::Reason;
 
 /// `(field, doc comment)` of a [`Described`] struct.
 type FieldDocs = &'static [(&'static str, &'static str)];
@@ -126,28 +125,22 @@ impl Collector for SnapshotCollector {
             };
             ConstGauge::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
-        let health = snap.get("health");
-        if let Some(code) = health.and_then(|h| h.get("code")).and_then(|c| c.as_i64()) {
+        if let Some((code, reasons)) = crate::health::from_snapshot(&snap) {
             ConstGauge::new(code).encode(encoder.encode_descriptor(
                 "portsyncd_health_status",
                 "Health: 0 healthy, 1 degraded, 2 unhealthy (reasons in portsyncd_health_reason).",
                 None,
                 MetricType::Gauge,
             )?)?;
-            let active: Vec<&str> = health
-                .and_then(|h| h.get("reasons"))
-                .and_then(|r| r.as_array())
-                .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
-                .unwrap_or_default();
             let mut family = encoder.encode_descriptor(
                 "portsyncd_health_reason",
                 "1 for each reason the daemon is not healthy now.",
                 None,
                 MetricType::Gauge,
             )?;
-            for r in Reason::ALL {
+            for (r, on) in reasons {
                 let labels = [("reason", r.as_str())];
-                ConstGauge::new(i64::from(active.contains(&r.as_str()))).encode(family.encode_family(&labels)?)?;
+                ConstGauge::new(i64::from(on)).encode(family.encode_family(&labels)?)?;
             }
         }
         if let Some(rss) = resident_bytes() {
