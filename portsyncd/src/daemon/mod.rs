@@ -591,15 +591,13 @@ impl Daemon {
                         self.mark_stats();
                     }
                     self.update_health();
-                    if self.stats_dirty {
-                        self.write_stats();
-                    }
+                    let snap = if self.stats_dirty { self.write_stats() } else { None };
                     if self.counters_db_dirty
                         && last_counters_db.elapsed() >= COUNTERS_DB_EVERY
                         && self.redis.down_since.is_none()
                     {
                         last_counters_db = Instant::now();
-                        self.export_counters_db().await;
+                        self.export_counters_db(snap).await;
                     }
                 }
             }

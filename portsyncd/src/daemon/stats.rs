@@ -95,13 +95,14 @@ impl Daemon {
     }
 
     /// COUNTERS_DB `PORTSYNCD_STATS:<entity>`: the entities that changed. Called at most once
-    /// a second. A failure is logged and retried at the next call; it never counts as Redis
-    /// being down for port state.
-    pub(super) async fn export_counters_db(&mut self) {
+    /// a second, with the snapshot [`Self::write_stats`] made in the same tick if it made one.
+    /// A failure is logged and retried at the next call; it never counts as Redis being down
+    /// for port state.
+    pub(super) async fn export_counters_db(&mut self, snap: Option<serde_json::Value>) {
         if self.counters_db.is_none() {
             return;
         }
-        let snap = self.snapshot();
+        let snap = snap.unwrap_or_else(|| self.snapshot());
         if let Some(exp) = self.counters_db.as_mut() {
             match exp.export(&snap).await {
                 Ok(n) => {
@@ -113,10 +114,11 @@ impl Daemon {
         }
     }
 
-    pub(super) fn write_stats(&mut self) {
+    /// The stats file and the Prometheus snapshot; returns the snapshot, if it made one.
+    pub(super) fn write_stats(&mut self) -> Option<serde_json::Value> {
         self.stats_dirty = false;
         if self.cfg.stats_file.is_none() && self.prometheus.is_none() {
-            return;
+            return None;
         }
         let snap = self.snapshot();
         if let Some(export) = &self.prometheus {
@@ -128,5 +130,6 @@ impl Daemon {
                 tracing::warn!(path = %path.display(), error = %e, source = ?source, "cannot write stats file");
             }
         }
+        Some(snap)
     }
 }
