@@ -202,10 +202,11 @@ impl Source {
                 return Ok(drained);
             }
             match self.polling {
-                Some(p) if !p.last => {
+                Some(p) if !p.last && self.ebpf.is_some() => {
                     // A quiet interval: the storm is over and events wake us again. A program
                     // run that read the old setting may still submit without waking anyone,
-                    // so one last poll comes after the switch.
+                    // so one last poll comes after the switch. (The netlink socket never stops
+                    // signalling epoll, so netlink mode needs none.)
                     self.set_polling(Some(Poll { read_ns, interval: POLL_START_NS, last: true }));
                     continue;
                 }
