@@ -85,7 +85,9 @@ pub fn latency(kernel: &[KernelEvent], writes: &[KsEvent], slack_ns: u64) -> Lat
     for (i, e) in kernel.iter().enumerate() {
         let mut next = first_from(&by_port, &e.port, e.t_ns.saturating_sub(slack_ns));
         let port_events = &seen[e.port.as_str()];
-        let prev = port_events.partition_point(|&j| j < i).checked_sub(1).map(|k| kernel[port_events[k]].t_ns);
+        // This event's place among its port's events.
+        let at = port_events.partition_point(|&j| j < i);
+        let prev = at.checked_sub(1).map(|k| kernel[port_events[k]].t_ns);
         if let (Some(prev), Some(ws)) = (prev, by_port.get(e.port.as_str())) {
             // Writes after the previous event and before this one was seen: the first answered
             // the previous event; a second, close before, answered this one.
@@ -102,7 +104,7 @@ pub fn latency(kernel: &[KernelEvent], writes: &[KsEvent], slack_ns: u64) -> Lat
             }
         }
         match next {
-            Some(w) if reversed_before(kernel, &states, &seen[e.port.as_str()], i, w) => undone += 1,
+            Some(w) if reversed_before(kernel, &states, port_events, at, w) => undone += 1,
             Some(w) => {
                 early += u64::from(w < e.t_ns);
                 lat.push(w.saturating_sub(e.t_ns));
@@ -162,10 +164,10 @@ fn link_states(kernel: &[KernelEvent]) -> Vec<LinkState> {
         .collect()
 }
 
-/// Whether the port returned to its state before event `i` through a later event before the
-/// write at `w_ns` (`port_events`: the indices of that port's events, in time order).
-fn reversed_before(kernel: &[KernelEvent], states: &[LinkState], port_events: &[usize], i: usize, w_ns: u64) -> bool {
-    let at = port_events.partition_point(|&j| j < i);
+/// Whether the port returned to its state before its event `port_events[at]` through a later
+/// event before the write at `w_ns` (`port_events`: the indices of that port's events, in time
+/// order).
+fn reversed_before(kernel: &[KernelEvent], states: &[LinkState], port_events: &[usize], at: usize, w_ns: u64) -> bool {
     let Some(before) = at.checked_sub(1).map(|k| states[port_events[k]]) else { return false };
     port_events[at + 1..].iter().take_while(|&&j| kernel[j].t_ns < w_ns).any(|&j| states[j] == before)
 }
