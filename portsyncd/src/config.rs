@@ -20,8 +20,14 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+pub use crate::partition::PartitionSpec;
+
 /// Where SONiC keeps the database layout.
 pub const DEFAULT_DATABASE_CONFIG: &str = "/var/run/redis/sonic-db/database_config.json";
+/// Where SONiC keeps the multi-ASIC database layout.
+pub const DEFAULT_DATABASE_GLOBAL_CONFIG: &str = "/var/run/redis/sonic-db/database_global.json";
+/// Most instances one switch may split its ports into.
+pub const MAX_INSTANCES: u16 = 64;
 /// Seconds to wait for the end of the initial dump before completing initial sync anyway.
 pub const DEFAULT_EOIU_TIMEOUT_SECS: u64 = 10;
 /// The C++ daemon's receive buffer (swss-common sets 16 MiB).
@@ -140,6 +146,24 @@ pub struct Args {
     /// Seconds the event loop may stand still while changes are pending before it counts as a stall.
     #[arg(long, env = "PORTSYNCD_STALL_WATCHDOG_SECS", value_name = "SECS")]
     pub stall_watchdog_secs: Option<u64>,
+    /// How many portsyncd instances share the ports (see the README's "Several instances").
+    #[arg(long, env = "PORTSYNCD_INSTANCES", value_name = "M")]
+    pub instances: Option<u16>,
+    /// This instance's id, 0..instances-1; instance 0 is the leader.
+    #[arg(long, env = "PORTSYNCD_INSTANCE_ID", value_name = "N")]
+    pub instance_id: Option<u16>,
+    /// This instance's share: `even` (an equal block of the CONFIG_DB PORT table ordered by
+    /// `index`, then name), `range:FIRST-LAST` (table positions or port names, inclusive) or
+    /// `list:NAME,NAME,...`.
+    #[arg(long, env = "PORTSYNCD_PARTITION", value_name = "SPEC")]
+    pub partition: Option<String>,
+    /// Multi-ASIC host mode: this ASIC namespace's Redis (from database_global.json) and
+    /// network namespace (/var/run/netns/NAME).
+    #[arg(short = 'n', long, env = "PORTSYNCD_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// SONiC's database_global.json, read with `--namespace`.
+    #[arg(long, env = "PORTSYNCD_DATABASE_GLOBAL_CONFIG", value_name = "PATH", value_parser = utf8_path)]
+    pub database_global_config: Option<PathBuf>,
     /// Test hook: ignore the initial dump's NLMSG_DONE so that the EOIU timeout path runs.
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -228,6 +252,16 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Stall watchdog threshold.
     pub stall_watchdog: Duration,
+    /// Instances sharing the ports (1: this one has them all).
+    pub instances: u16,
+    /// This instance's id (0 is the leader).
+    pub instance_id: u16,
+    /// This instance's share of the ports.
+    pub partition: PartitionSpec,
+    /// Multi-ASIC host mode: the ASIC namespace to serve.
+    pub namespace: Option<String>,
+    /// database_global.json, used with `namespace`.
+    pub database_global_config: PathBuf,
     /// Test hook, see [`Args::test_hold_eoiu`].
     pub test_hold_eoiu: bool,
     /// Test hook, see [`Args::test_dump_intr`].
@@ -356,7 +390,38 @@ impl Config {
                 return Err(invalid("metrics_addr", format!("{addr} is not a loopback address")));
             }
         }
-        let state_file = s.state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.into());
+        let instances = s.instances.unwrap_or(1);
+        if !(1..=MAX_INSTANCES).contains(&instances) {
+            return Err(invalid("instances", format!("{instances} is not in 1..={MAX_INSTANCES}")));
+        }
+        let instance_id = s.instance_id.unwrap_or(0);
+        if instance_id >= instances {
+            return Err(invalid("instance_id", format!("{instance_id} is not below instances ({instances})")));
+        }
+        let partition = match s.partition.as_deref() {
+            None => PartitionSpec::Even,
+            Some(text) => text.parse::<PartitionSpec>().map_err(|e| invalid("partition", e.to_string()))?,
+        };
+        if instances == 1 && partition != PartitionSpec::Even {
+            return Err(invalid("partition", "a single instance handles every port; give `instances` too"));
+        }
+        let namespace = s.namespace;
+        if let Some(ns) = &namespace {
+            let ok = !ns.is_empty()
+                && ns.len() <= 64
+                && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(invalid(
+                    "namespace",
+                    format!("`{ns}` is not a namespace name (letters, digits, `_`, `-`)"),
+                ));
+            }
+        }
+        let database_global_config =
+            s.database_global_config.unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE_GLOBAL_CONFIG));
+        // Several instances on one switch: each keeps its own files unless told otherwise.
+        let per_instance = |p: PathBuf| if instances > 1 { instance_path(&p, instance_id) } else { p };
+        let state_file = per_instance(s.state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.into()));
         if state_file.file_name().is_none() {
             return Err(invalid("state_file", format!("{} names no file", state_file.display())));
         }
@@ -397,7 +462,7 @@ impl Config {
             state_save_interval: Duration::from_secs(save_secs),
             histogram_log: s.histogram_log,
             histogram_interval: Duration::from_secs(hist_secs),
-            stats_file: s.stats_file,
+            stats_file: s.stats_file.map(per_instance),
             metrics_addr,
             dump_retries: DEFAULT_DUMP_RETRIES,
             reconcile_interval: (reconcile_secs > 0).then(|| Duration::from_secs(reconcile_secs)),
@@ -405,6 +470,11 @@ impl Config {
             refusal_backoff_max: Duration::from_millis(backoff_max),
             redis_timeout: Duration::from_millis(redis_timeout),
             stall_watchdog: Duration::from_secs(stall_secs),
+            instances,
+            instance_id,
+            partition,
+            namespace,
+            database_global_config,
             test_hold_eoiu: flags.test_hold_eoiu,
             test_dump_intr: flags.test_dump_intr,
             test_pause_before_capture: flags.test_pause_before_capture_secs.map(Duration::from_secs),
@@ -412,6 +482,16 @@ impl Config {
             test_stall: flags.test_stall_ms.map(Duration::from_millis),
         })
     }
+}
+
+/// `dir/name.ext` -> `dir/name.instanceN.ext`: one file per instance when several share a switch.
+pub fn instance_path(path: &Path, id: u16) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.instance{id}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.instance{id}"),
+    };
+    path.with_file_name(name)
 }
 
 /// The file's settings; an unknown key (a test hook too) or a wrong type is an error naming it.

@@ -22,6 +22,7 @@ pub mod linksync;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;
+pub mod partition;
 pub mod pipeline;
 pub mod producer;
 pub mod reconcile;
