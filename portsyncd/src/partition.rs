@@ -389,8 +389,8 @@ mod tests {
         let table = sonic_table(8);
         let spec: PartitionSpec = "range:Ethernet8-5".parse().unwrap();
         let p = Partition::compute(&spec, 2, 3, &table).unwrap();
-        let claims: Vec<&str> = p.claims().iter().map(|c| c.as_str()).collect::<Vec<_>>().into_iter().collect();
-        assert_eq!(claims.len(), 4);
+        let claims: Vec<String> = p.claims().iter().map(|c| c.to_string()).collect();
+        assert_eq!(claims, ["Ethernet8", "Ethernet12", "Ethernet16", "Ethernet20"]);
         assert!(p.owns(&n("Ethernet8")) && p.owns(&n("Ethernet20")) && !p.owns(&n("Ethernet24")));
         let mut leader = Partition::compute(&"range:0-1".parse().unwrap(), 0, 3, &table).unwrap();
         assert!(leader.owns(&n("Ethernet8")), "unclaimed as far as the leader knows");
