@@ -8,6 +8,11 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const FILTER_MAP: &str = "FILTER_CONFIG";
 /// The `Array<u32>` with one entry: how the ring wakes the daemon ([`wakeup`]).
 pub const WAKEUP_MAP: &str = "RING_WAKEUP";
+/// The `HashMap<[u8; 16], u32>` of port owners when several instances share the ports: the
+/// zero-padded name -> the instance that handles it. Names it lacks are the leader's (0).
+pub const OWNERS_MAP: &str = "PORT_OWNERS";
+/// Most entries of [`OWNERS_MAP`].
+pub const MAX_OWNERS: u32 = 8192;
 /// Name of the socket filter program in the object file.
 pub const PROGRAM_NAME: &str = "portsyncd_link_filter";
 
@@ -23,8 +28,10 @@ pub mod counter {
     pub const PARSE_ERROR: u32 = 3;
     /// Messages that were not RTM_NEWLINK/RTM_DELLINK, let through untouched.
     pub const NOT_LINK: u32 = 4;
+    /// Port messages dropped because another instance owns the port.
+    pub const OTHER_INSTANCE: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Values of the [`WAKEUP_MAP`] entry.
@@ -51,9 +58,13 @@ pub struct FilterConfig {
     pub prefix_lens: [u8; MAX_PREFIXES],
     /// The prefixes, zero-padded.
     pub prefixes: [[u8; PREFIX_LEN]; MAX_PREFIXES],
+    /// This instance's id, when `partitioned`.
+    pub instance: u32,
+    /// Nonzero: keep only ports [`OWNERS_MAP`] gives to `instance`.
+    pub partitioned: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FilterConfig>() == 8 + MAX_PREFIXES * PREFIX_LEN);
+const _: () = assert!(core::mem::size_of::<FilterConfig>() == 16 + MAX_PREFIXES * PREFIX_LEN);
 
 #[cfg(feature = "user")]
 // SAFETY: FilterConfig is repr(C), Copy, has no implicit padding and every bit pattern is valid.

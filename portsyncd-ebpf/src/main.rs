@@ -29,12 +29,12 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{map, socket_filter},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::SkBuffContext,
 };
 use portsyncd_common::{
     counter, origin, present, wakeup, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ,
-    KIND_LEN, MAX_PREFIXES, PREFIX_LEN, PROGRAM_NAME, RTM_DELLINK, RTM_NEWLINK, WAKEUP_MAP,
+    KIND_LEN, MAX_OWNERS, MAX_PREFIXES, OWNERS_MAP, PREFIX_LEN, PROGRAM_NAME, RTM_DELLINK, RTM_NEWLINK, WAKEUP_MAP,
 };
 
 /// `sizeof(struct nlmsghdr)`.
@@ -79,6 +79,7 @@ const _: () = assert!(str_eq(COUNTERS_MAP, "COUNTERS"));
 const _: () = assert!(str_eq(FILTER_MAP, "FILTER_CONFIG"));
 const _: () = assert!(str_eq(PROGRAM_NAME, "portsyncd_link_filter"));
 const _: () = assert!(str_eq(WAKEUP_MAP, "RING_WAKEUP"));
+const _: () = assert!(str_eq(OWNERS_MAP, "PORT_OWNERS"));
 const _: () = assert!(IFNAMSIZ == 16 && KIND_LEN == 16 && PREFIX_LEN == 16);
 
 /// The program uses no GPL-only helper; the kernel records the license with the program.
@@ -99,6 +100,31 @@ static FILTER_CONFIG: Array<FilterConfig> = Array::with_max_entries(1, 0);
 /// Written by the daemon: [`wakeup::POLLED`] while it reads the ring on its own timer.
 #[map(name = "RING_WAKEUP")]
 static RING_WAKEUP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated as the daemon inserts them (a few hundred), not
+/// all `MAX_OWNERS` up front.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Written by the daemon when several instances share the ports: name -> owning instance.
+#[map(name = "PORT_OWNERS")]
+static PORT_OWNERS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_OWNERS, BPF_F_NO_PREALLOC);
+
+/// Whether this instance handles the port: always, unless the daemon partitioned the ports;
+/// then only when the owners map gives it to this instance (a name it lacks is the leader's).
+#[inline(always)]
+fn owned_here(name_lo: u64, name_hi: u64) -> bool {
+    let Some(cfg) = FILTER_CONFIG.get(0) else {
+        return true;
+    };
+    if cfg.partitioned == 0 {
+        return true;
+    }
+    let key = bytes16(name_lo, name_hi);
+    // SAFETY: the value is a plain u32 copied out at once; the daemon only inserts and
+    // overwrites entries, and a concurrent update yields either the old or the new owner.
+    let owner = unsafe { PORT_OWNERS.get(&key) }.copied().unwrap_or(0);
+    owner == cfg.instance
+}
 
 /// `BPF_RB_NO_WAKEUP`: submit without waking the ring's waiters.
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -231,6 +257,10 @@ fn filter(ctx: &SkBuffContext) -> Verdict {
     }
     if !name_matches(name_lo, name_hi, name_len) {
         bump(counter::FILTERED);
+        return Verdict::Filtered;
+    }
+    if !owned_here(name_lo, name_hi) {
+        bump(counter::OTHER_INSTANCE);
         return Verdict::Filtered;
     }
 

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use portsyncd_common::PortEvent;
 
 use crate::linksync::{classify, Ignored, PortName, PortState, Verdict};
+use crate::partition::Partition;
 
 /// One port's change that Redis has not confirmed yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ crate::described! {
         pub ignored_del_with_master: u64,
         /// Ignored old interfaces.
         pub ignored_old: u64,
+        /// Ignored because another instance owns the port.
+        pub ignored_other_instance: u64,
         /// Events folded into a change that was already pending.
         pub coalesced: u64,
     }
@@ -45,6 +48,8 @@ crate::described! {
 #[derive(Debug, Default)]
 pub struct Coalescer {
     pending: HashMap<PortName, Pending>,
+    /// Which ports are this instance's (all of them unless several instances share them).
+    partition: Partition,
     /// Running totals.
     pub stats: CoalesceStats,
 }
@@ -53,6 +58,16 @@ impl Coalescer {
     /// An empty coalescer.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps only changes of ports `partition` gives this instance.
+    pub fn set_partition(&mut self, partition: Partition) {
+        self.partition = partition;
+    }
+
+    /// Which ports are this instance's.
+    pub fn partition(&self) -> &Partition {
+        &self.partition
     }
 
     /// Folds one event in.
@@ -71,6 +86,10 @@ impl Coalescer {
             ev.flags
         );
         let (name, state) = match classify(ev, old_ifindexes) {
+            Verdict::Set { name, .. } | Verdict::Delete { name } if !self.partition.owns(&name) => {
+                self.stats.ignored_other_instance += 1;
+                return;
+            }
             Verdict::Set { name, state } => (name, Some(state)),
             Verdict::Delete { name } => (name, None),
             Verdict::Ignore(why) => {

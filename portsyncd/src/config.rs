@@ -344,6 +344,22 @@ impl Config {
     /// Applies the defaults to what no layer set and validates; the flag-only test hooks come
     /// from `flags`, as `settings` has been through serde, which skips them.
     fn validate(s: Args, flags: Args) -> Result<Self, ConfigError> {
+        // Host mode takes the namespace's Redis from database_global_config; a second source
+        // would leave it unclear which Redis the namespace's ports go to.
+        if s.namespace.is_some() {
+            if s.redis.is_some() {
+                return Err(invalid(
+                    "redis",
+                    "`redis` cannot be combined with `namespace` (its Redis comes from `database_global_config`)",
+                ));
+            }
+            if s.database_config.is_some() {
+                return Err(invalid(
+                    "database_config",
+                    "`database_config` cannot be combined with `namespace` (its file comes from `database_global_config`)",
+                ));
+            }
+        }
         let redis = match (s.redis, s.database_config) {
             (Some(url), None) => RedisTarget::Url(validate_redis_url(url)?),
             (None, Some(path)) => RedisTarget::DatabaseConfig(path),
@@ -419,9 +435,23 @@ impl Config {
         }
         let database_global_config =
             s.database_global_config.unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE_GLOBAL_CONFIG));
-        // Several instances on one switch: each keeps its own files unless told otherwise.
-        let per_instance = |p: PathBuf| if instances > 1 { instance_path(&p, instance_id) } else { p };
-        let state_file = per_instance(s.state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.into()));
+        // Several instances on one switch: each keeps its own state file unless one is named
+        // (two live instances naming the same file are refused at start).
+        let state_file = match s.state_file {
+            Some(p) => p,
+            None => {
+                // Host mode serves one ASIC per process: one default file per namespace.
+                let base = match &namespace {
+                    Some(ns) => tagged_path(Path::new(DEFAULT_STATE_FILE), ns),
+                    None => PathBuf::from(DEFAULT_STATE_FILE),
+                };
+                if instances > 1 {
+                    instance_path(&base, instance_id)
+                } else {
+                    base
+                }
+            }
+        };
         if state_file.file_name().is_none() {
             return Err(invalid("state_file", format!("{} names no file", state_file.display())));
         }
@@ -462,7 +492,7 @@ impl Config {
             state_save_interval: Duration::from_secs(save_secs),
             histogram_log: s.histogram_log,
             histogram_interval: Duration::from_secs(hist_secs),
-            stats_file: s.stats_file.map(per_instance),
+            stats_file: s.stats_file,
             metrics_addr,
             dump_retries: DEFAULT_DUMP_RETRIES,
             reconcile_interval: (reconcile_secs > 0).then(|| Duration::from_secs(reconcile_secs)),
@@ -486,10 +516,15 @@ impl Config {
 
 /// `dir/name.ext` -> `dir/name.instanceN.ext`: one file per instance when several share a switch.
 pub fn instance_path(path: &Path, id: u16) -> PathBuf {
+    tagged_path(path, &format!("instance{id}"))
+}
+
+/// `dir/name.ext` -> `dir/name.<tag>.ext`.
+fn tagged_path(path: &Path, tag: &str) -> PathBuf {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let name = match path.extension() {
-        Some(ext) => format!("{stem}.instance{id}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.instance{id}"),
+        Some(ext) => format!("{stem}.{tag}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{tag}"),
     };
     path.with_file_name(name)
 }
@@ -533,6 +568,36 @@ mod tests {
         let mut full = vec!["portsyncd"];
         full.extend_from_slice(argv);
         Config::from_args(Args::try_parse_from(full).expect("clap accepts"))
+    }
+
+    #[test]
+    fn instances_validate_and_keep_their_own_default_state_file() {
+        let c = parse(&["--instances", "4", "--instance-id", "2", "--partition", "range:0-63"]).unwrap();
+        assert_eq!((c.instances, c.instance_id), (4, 2));
+        assert_eq!(c.partition.to_string(), "range:0-63");
+        let default = Path::new(DEFAULT_STATE_FILE);
+        assert_eq!(c.state_file, instance_path(default, 2));
+        assert_ne!(c.state_file.parent(), None);
+        assert!(c.state_file.to_string_lossy().contains("instance2"), "{}", c.state_file.display());
+        assert_eq!(parse(&[]).unwrap().state_file, default);
+        let named = parse(&["--instances", "2", "--instance-id", "1", "--state-file", "/x/s.json"]).unwrap();
+        assert_eq!(named.state_file, Path::new("/x/s.json"));
+        let host_mode = parse(&["-n", "asic3", "--instances", "2", "--instance-id", "1"]).unwrap();
+        let name = host_mode.state_file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.contains(".asic3.instance1."), "one default file per namespace and instance: {name}");
+        for (argv, key) in [
+            (&["--instances", "4", "--instance-id", "4"][..], "instance_id"),
+            (&["--instances", "0"][..], "instances"),
+            (&["--instances", "65"][..], "instances"),
+            (&["--instances", "2", "--partition", "odd"][..], "partition"),
+            (&["--partition", "range:0-3"][..], "partition"),
+            (&["-n", "asic0/../x"][..], "namespace"),
+        ] {
+            match parse(argv) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{argv:?}"),
+                other => panic!("{argv:?}: expected an error naming {key}, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -21,8 +21,8 @@ use aya::{
 };
 use nix::errno::Errno;
 use portsyncd_common::{
-    counter, wakeup, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ, KIND_LEN, MAX_PREFIXES,
-    PREFIX_LEN, PROGRAM_NAME, WAKEUP_MAP,
+    counter, wakeup, FilterConfig, PortEvent, COUNTERS_MAP, EVENTS_MAP, FILTER_MAP, IFNAMSIZ, KIND_LEN, MAX_OWNERS,
+    MAX_PREFIXES, OWNERS_MAP, PREFIX_LEN, PROGRAM_NAME, WAKEUP_MAP,
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -57,7 +57,7 @@ fn verify_object(bytes: &[u8]) -> Result<(), EbpfError> {
     if !obj.programs.contains_key(PROGRAM_NAME) {
         return Err(EbpfError::BadObject(format!("no program `{PROGRAM_NAME}`")));
     }
-    for map in [EVENTS_MAP, COUNTERS_MAP, FILTER_MAP, WAKEUP_MAP] {
+    for map in [EVENTS_MAP, COUNTERS_MAP, FILTER_MAP, WAKEUP_MAP, OWNERS_MAP] {
         if !obj.maps.contains_key(map) {
             return Err(EbpfError::BadObject(format!("no map `{map}`")));
         }
@@ -80,13 +80,15 @@ pub struct EbpfConfig {
     /// Interface-name prefixes the kernel filter keeps (at most [`MAX_PREFIXES`], each at most
     /// [`PREFIX_LEN`] bytes); empty keeps every link.
     pub prefixes: Vec<String>,
+    /// Several instances share the ports: the kernel keeps only this instance's.
+    pub partition: Option<crate::partition::Partition>,
 }
 
 impl Default for EbpfConfig {
     fn default() -> Self {
         // Dropping in the kernel exactly what LinkSync would ignore by name.
         let prefixes = crate::linksync::PORT_PREFIXES.iter().map(|p| (*p).to_owned()).collect();
-        Self { ring_bytes: DEFAULT_RING_BYTES, prefixes }
+        Self { ring_bytes: DEFAULT_RING_BYTES, prefixes, partition: None }
     }
 }
 
@@ -104,12 +106,22 @@ crate::described! {
         pub parse_errors: u64,
         /// Non-link messages (let through).
         pub not_link: u64,
+        /// Port messages dropped because another instance owns the port.
+        pub other_instance: u64,
     }
 }
 
 /// Loading, attaching or reading the eBPF capture failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    /// More port owners than the kernel's owners map holds.
+    #[error("eBPF partition: {count} port owners, the kernel map holds at most {max}")]
+    TooManyOwners {
+        /// Owners to write.
+        count: usize,
+        /// Capacity.
+        max: u32,
+    },
     /// More prefixes than the kernel-side table holds.
     #[error("eBPF name filter: {count} prefixes configured, the kernel filter holds at most {max}")]
     TooManyPrefixes {
@@ -271,6 +283,8 @@ pub struct EbpfCapture {
     wakeup: Array<MapData, u32>,
     /// The value last written to `wakeup`.
     polled: bool,
+    /// Port name -> owning instance, when several instances share the ports.
+    owners: aya::maps::HashMap<MapData, [u8; 16], u32>,
     /// An event taken from the ring by [`EbpfCapture::readable`] to prove readiness; handed out
     /// first by the next [`EbpfCapture::drain`].
     pending: Option<PortEvent>,
@@ -312,7 +326,15 @@ impl EbpfCapture {
     /// socket keeps receiving every notification. Dropping the capture does not detach the
     /// program (the kernel ties it to the socket): close the socket or call [`Self::detach`].
     pub fn attach(socket: BorrowedFd<'_>, cfg: &EbpfConfig) -> Result<Self, EbpfError> {
-        let filter = filter_config(&cfg.prefixes)?;
+        let mut filter = filter_config(&cfg.prefixes)?;
+        if let Some(p) = cfg.partition.as_ref().filter(|p| p.is_partitioned()) {
+            let entries = p.assignments().count();
+            if entries > MAX_OWNERS as usize {
+                return Err(EbpfError::TooManyOwners { count: entries, max: MAX_OWNERS });
+            }
+            filter.instance = u32::from(p.me());
+            filter.partitioned = 1;
+        }
         check_ring_bytes(cfg.ring_bytes)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(EbpfError::NoRuntime);
@@ -332,6 +354,12 @@ impl EbpfCapture {
         let mut filter_array: Array<&mut MapData, FilterConfig> =
             Array::try_from(filter_map).map_err(|source| map_error(FILTER_MAP, source))?;
         filter_array.set(0, filter, 0).map_err(|source| map_error(FILTER_MAP, source))?;
+
+        let owners_map = bpf.take_map(OWNERS_MAP).ok_or(EbpfError::Missing { kind: "map", name: OWNERS_MAP })?;
+        let mut owners = aya::maps::HashMap::try_from(owners_map).map_err(|source| map_error(OWNERS_MAP, source))?;
+        if let Some(p) = &cfg.partition {
+            write_owners(&mut owners, p)?;
+        }
 
         let ring_map = bpf.take_map(EVENTS_MAP).ok_or(EbpfError::Missing { kind: "map", name: EVENTS_MAP })?;
         let ring = RingBuf::try_from(ring_map).map_err(|source| map_error(EVENTS_MAP, source))?;
@@ -357,6 +385,7 @@ impl EbpfCapture {
             ring,
             counters,
             wakeup,
+            owners,
             polled: false,
             pending: None,
             decode_errors: 0,
@@ -378,6 +407,15 @@ impl EbpfCapture {
             self.polled = polled;
         }
         Ok(())
+    }
+
+    /// The partition changed (the leader learned another instance's claims): the kernel filter
+    /// follows it.
+    pub fn set_partition(&mut self, p: &crate::partition::Partition) -> Result<(), EbpfError> {
+        if p.assignments().count() > MAX_OWNERS as usize {
+            return Err(EbpfError::TooManyOwners { count: p.assignments().count(), max: MAX_OWNERS });
+        }
+        write_owners(&mut self.owners, p)
     }
 
     /// Removes whatever socket filter is attached to `socket`: its link notifications go to the
@@ -444,6 +482,7 @@ impl EbpfCapture {
             filtered: read(counter::FILTERED)?,
             parse_errors: read(counter::PARSE_ERROR)?,
             not_link: read(counter::NOT_LINK)?,
+            other_instance: read(counter::OTHER_INSTANCE)?,
         })
     }
 
@@ -469,13 +508,41 @@ impl EbpfCapture {
     }
 }
 
+/// Every owner the partition knows, into the kernel's map (inserts overwrite).
+fn write_owners(
+    owners: &mut aya::maps::HashMap<MapData, [u8; 16], u32>,
+    p: &crate::partition::Partition,
+) -> Result<(), EbpfError> {
+    for (name, owner) in p.assignments() {
+        owners
+            .insert(owner_key(name.as_str()), u32::from(*owner), 0)
+            .map_err(|source| map_error(OWNERS_MAP, source))?;
+    }
+    Ok(())
+}
+
+/// The owners map's key: the name, zero-padded to 16 bytes, as the program reads it from the
+/// message (the kernel's NUL and whatever follows it are zero there too).
+pub fn owner_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    for (dst, src) in key.iter_mut().zip(name.as_bytes().iter().take(IFNAMSIZ - 1)) {
+        *dst = *src;
+    }
+    key
+}
+
 /// Builds the kernel filter's table from name prefixes.
 pub fn filter_config(prefixes: &[String]) -> Result<FilterConfig, EbpfError> {
     if prefixes.len() > MAX_PREFIXES {
         return Err(EbpfError::TooManyPrefixes { count: prefixes.len(), max: MAX_PREFIXES });
     }
-    let mut cfg =
-        FilterConfig { prefix_count: 0, prefix_lens: [0; MAX_PREFIXES], prefixes: [[0; PREFIX_LEN]; MAX_PREFIXES] };
+    let mut cfg = FilterConfig {
+        prefix_count: 0,
+        prefix_lens: [0; MAX_PREFIXES],
+        prefixes: [[0; PREFIX_LEN]; MAX_PREFIXES],
+        instance: 0,
+        partitioned: 0,
+    };
     for ((prefix, len), slot) in prefixes.iter().zip(cfg.prefix_lens.iter_mut()).zip(cfg.prefixes.iter_mut()) {
         let bytes = prefix.as_bytes();
         if bytes.is_empty() {

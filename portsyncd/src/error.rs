@@ -37,6 +37,12 @@ pub enum Error {
     /// Binding the metrics listener.
     #[error("cannot listen for metrics")]
     Metrics(#[source] std::io::Error),
+    /// Several instances: a mismatch with another instance, or the registry failed.
+    #[error(transparent)]
+    Instances(#[from] crate::instances::InstanceError),
+    /// Several instances: this one's share cannot be computed.
+    #[error("invalid partition")]
+    Partition(#[from] crate::partition::PartitionError),
     /// Installing a signal handler.
     #[error("cannot install signal handler")]
     Signal(#[source] std::io::Error),

@@ -9,6 +9,9 @@
 //!
 //! Developer override: with `RUST_LOG` set, lines go to stderr filtered by it, and CONFIG_DB's
 //! LOGGER settings are only recorded (SONiC never sets `RUST_LOG`).
+//!
+//! On a multi-ASIC switch every line ends in ` namespace=asicN` ([`crate::netns::label`]), a
+//! field like tracing's own, so the ident and the swss message texts stay as they are.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
@@ -215,7 +218,10 @@ impl Write for SyslogLine {
 impl Drop for SyslogLine {
     fn drop(&mut self) {
         let msg = String::from_utf8_lossy(&self.buf);
-        let datagram = format!("<{}>{}: {}", self.pri, crate::sonic_db::APP_NAME, msg.trim_end());
+        let mut datagram = format!("<{}>{}: {}", self.pri, crate::sonic_db::APP_NAME, msg.trim_end());
+        if let Some(ns) = crate::netns::label() {
+            push_label(&mut datagram, ns);
+        }
         let Ok(mut syslog) = self.shared.syslog.lock() else { return };
         for _ in 0..2 {
             if syslog.sock.is_none() {
@@ -262,29 +268,73 @@ impl<'a> MakeWriter<'a> for SyslogWriter {
     }
 }
 
+/// Appends the namespace field to one line (the text without its newline).
+fn push_label(line: &mut String, namespace: &str) {
+    line.push(' ');
+    line.push_str(crate::netns::LABEL);
+    line.push('=');
+    line.push_str(namespace);
+}
+
+/// A formatted line (ending in a newline) with the namespace field before its newline.
+fn labelled_line(formatted: &[u8], namespace: &str) -> String {
+    let mut line = String::from_utf8_lossy(formatted).trim_end_matches('\n').to_owned();
+    push_label(&mut line, namespace);
+    line.push('\n');
+    line
+}
+
 #[derive(Debug, Clone)]
 struct StdWriter(Arc<Shared>);
 
 /// stdout or stderr, whichever is in force.
 #[derive(Debug)]
-enum StdLine {
+enum StdTarget {
     Out(std::io::Stdout),
     Err(std::io::Stderr),
 }
 
+/// One formatted line for stdout or stderr. With a namespace label it is held until dropped,
+/// so that the label can go before its newline; without one it passes straight through.
+#[derive(Debug)]
+struct StdLine {
+    target: StdTarget,
+    label: Option<&'static str>,
+    buf: Vec<u8>,
+}
+
+impl StdLine {
+    fn target(&mut self) -> &mut dyn Write {
+        match &mut self.target {
+            StdTarget::Out(o) => o,
+            StdTarget::Err(e) => e,
+        }
+    }
+}
+
 impl Write for StdLine {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        match self {
-            StdLine::Out(o) => o.write(b),
-            StdLine::Err(e) => e.write(b),
+        if self.label.is_some() {
+            self.buf.extend_from_slice(b);
+            return Ok(b.len());
         }
+        self.target().write(b)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            StdLine::Out(o) => o.flush(),
-            StdLine::Err(e) => e.flush(),
+        self.target().flush()
+    }
+}
+
+impl Drop for StdLine {
+    fn drop(&mut self) {
+        let Some(ns) = self.label else { return };
+        if self.buf.is_empty() {
+            return;
         }
+        let line = labelled_line(&self.buf, ns);
+        // As the unlabelled path: a closed stdout or stderr loses the line, nothing else.
+        let _ = self.target().write_all(line.as_bytes());
     }
 }
 
@@ -292,10 +342,11 @@ impl<'a> MakeWriter<'a> for StdWriter {
     type Writer = StdLine;
 
     fn make_writer(&'a self) -> Self::Writer {
-        match Output::from_u8(self.0.output.load(Ordering::Relaxed)) {
-            Output::Stdout => StdLine::Out(std::io::stdout()),
-            _ => StdLine::Err(std::io::stderr()),
-        }
+        let target = match Output::from_u8(self.0.output.load(Ordering::Relaxed)) {
+            Output::Stdout => StdTarget::Out(std::io::stdout()),
+            _ => StdTarget::Err(std::io::stderr()),
+        };
+        StdLine { target, label: crate::netns::label(), buf: Vec::new() }
     }
 }
 
@@ -450,6 +501,15 @@ mod tests {
             assert_eq!(*first_try.get_or_insert(t), t, "line {i} tried to connect again");
         }
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 50);
+    }
+
+    #[test]
+    fn the_namespace_field_ends_the_line_and_leaves_the_message_alone() {
+        let mut line = "<13>portsyncd: Publish Ethernet0(ok:up) to state db".to_owned();
+        push_label(&mut line, "asic1");
+        assert_eq!(line, "<13>portsyncd: Publish Ethernet0(ok:up) to state db namespace=asic1");
+        assert_eq!(labelled_line(b"INFO x: message key=1\n", "asic1"), "INFO x: message key=1 namespace=asic1\n");
+        assert_eq!(labelled_line(b"a\nb\n", "asic1"), "a\nb namespace=asic1\n", "once per event");
     }
 
     #[test]

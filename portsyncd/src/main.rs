@@ -48,7 +48,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = Config::from_args(args)?;
+    let mut cfg = Config::from_args(args)?;
+    portsyncd::netns::init_label(cfg.namespace.as_deref());
+    // Before the runtime exists: setns moves only this thread, and the runtime's threads and
+    // every socket must start out in the ASIC's namespace.
+    portsyncd::netns::enter_host_mode(&mut cfg)?;
     // One thread: the pipeline is one task, and a netlink socket's namespace is per process.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(portsyncd::run(cfg))?;

@@ -198,12 +198,18 @@ impl<'a> NaturalKey<'a> {
 }
 
 /// Who owns which port, as far as this instance knows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     me: u16,
     instances: u16,
     /// Owners of the names some share names; every other name is the leader's.
     owners: HashMap<PortName, u16>,
+}
+
+impl Default for Partition {
+    fn default() -> Self {
+        Self::single()
+    }
 }
 
 impl Partition {

@@ -98,6 +98,15 @@ fn is_noscript_value(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
+/// The name every connection gives itself (`CLIENT SETNAME`), when set: with several instances,
+/// `portsyncd-<id>`, so that `CLIENT LIST` and MONITOR tell them apart.
+static CLIENT_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names every connection made from now on; the first call wins.
+pub fn set_client_name(name: String) {
+    let _ = CLIENT_NAME.set(name);
+}
+
 /// One database's connection, re-established on demand.
 #[derive(Debug)]
 pub struct DbConn {
@@ -143,6 +152,14 @@ impl DbConn {
             .set_response_timeout(Some(self.timeout));
         let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await.map_err(err)?;
         load_scripts(&self.scripts, &mut conn, name).await?;
+        if let Some(client) = CLIENT_NAME.get() {
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(client)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|source| WriteError::Command { what: "CLIENT SETNAME", db: name, source })?;
+        }
         if self.reconnects > 0 {
             tracing::info!(db = name, "reconnected to Redis");
         }

@@ -1,5 +1,7 @@
 //! SONiC database layout: `database_config.json` (or a plain URL) -> where each database lives,
-//! its id and key separator; plus the table and key names portsyncd reads and writes.
+//! its id and key separator; plus the table and key names portsyncd reads and writes. On a
+//! multi-ASIC host, `database_global.json` + an ASIC namespace -> that namespace's
+//! `database_config.json`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -136,6 +138,38 @@ pub enum SonicDbError {
         #[source]
         source: redis::RedisError,
     },
+    /// database_global.json missing or unreadable.
+    #[error("cannot read database global config {path} (looking up namespace `{namespace}`)")]
+    GlobalRead {
+        /// File.
+        path: PathBuf,
+        /// The namespace looked up.
+        namespace: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// database_global.json is not valid JSON of the expected shape.
+    #[error("invalid database global config {path} (looking up namespace `{namespace}`)")]
+    GlobalParse {
+        /// File.
+        path: PathBuf,
+        /// The namespace looked up.
+        namespace: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// database_global.json has no usable `INCLUDES` entry for the namespace.
+    #[error("database global config {path} has no INCLUDES entry for namespace `{namespace}` (it has: {known})")]
+    NoNamespace {
+        /// File.
+        path: PathBuf,
+        /// The namespace looked up.
+        namespace: String,
+        /// The namespaces the file does name, comma-separated (`none` if none).
+        known: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,6 +267,60 @@ impl SonicDbs {
     }
 }
 
+/// database_global.json: one `INCLUDES` entry per Redis, the host's without a namespace.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+struct GlobalConfigFile {
+    includes: Vec<Include>,
+}
+
+// Unknown fields (newer SONiC adds e.g. `container_name` for DPUs) are accepted: they do not
+// change where a namespace's file is.
+#[derive(Debug, Deserialize)]
+struct Include {
+    #[serde(default)]
+    namespace: Option<String>,
+    include: String,
+}
+
+/// The `database_config.json` of ASIC namespace `namespace`, as the `database_global.json` at
+/// `global` names it: the entry's `include`, relative to `global`'s directory (as swss-common
+/// resolves it). Reads only `global`, not the file it points to.
+pub fn namespace_database_config(global: &Path, namespace: &str) -> Result<PathBuf, SonicDbError> {
+    let text = std::fs::read_to_string(global).map_err(|source| SonicDbError::GlobalRead {
+        path: global.to_owned(),
+        namespace: namespace.to_owned(),
+        source,
+    })?;
+    namespace_database_config_text(global, &text, namespace)
+}
+
+/// [`namespace_database_config`] on the file's text; `global` names the file in errors and is
+/// the base of relative includes. No I/O.
+pub fn namespace_database_config_text(global: &Path, text: &str, namespace: &str) -> Result<PathBuf, SonicDbError> {
+    let file: GlobalConfigFile = serde_json::from_str(text).map_err(|source| SonicDbError::GlobalParse {
+        path: global.to_owned(),
+        namespace: namespace.to_owned(),
+        source,
+    })?;
+    // An empty include would resolve to the directory itself; such an entry names no file.
+    let found =
+        file.includes.iter().find(|i| i.namespace.as_deref() == Some(namespace) && !i.include.trim().is_empty());
+    let Some(entry) = found else {
+        let known: Vec<&str> =
+            file.includes.iter().filter_map(|i| i.namespace.as_deref()).filter(|n| !n.is_empty()).collect();
+        return Err(SonicDbError::NoNamespace {
+            path: global.to_owned(),
+            namespace: namespace.to_owned(),
+            known: if known.is_empty() { "none".to_owned() } else { known.join(", ") },
+        });
+    };
+    // `join` keeps an absolute include as it is; `..` stays in the path, as the kernel resolves
+    // it (canonicalising would need the file to exist, and this is no place for I/O).
+    let dir = global.parent().unwrap_or(Path::new(""));
+    Ok(dir.join(&entry.include))
+}
+
 fn with_db(info: ConnectionInfo, db: i64) -> ConnectionInfo {
     let settings: RedisConnectionInfo = info.redis_settings().clone().set_db(db);
     info.set_redis_settings(settings)
@@ -283,6 +371,79 @@ mod tests {
         assert_eq!((dbs.appl.id, dbs.config.id, dbs.state.id), (0, 4, 6));
         assert_eq!(dbs.state.info.redis_settings().db(), 6);
         assert!(SonicDbs::from_url("nonsense").is_err());
+    }
+
+    /// SONiC's layout: the global file in /var/run/redis/sonic-db, each ASIC's Redis in
+    /// /var/run/redisN, the host's entry without a namespace.
+    const GLOBAL: &str = r#"{
+        "INCLUDES": [
+            {"include": "../../redis/sonic-db/database_config.json"},
+            {"namespace": "asic0", "include": "../../redis0/sonic-db/database_config.json"},
+            {"namespace": "asic1", "include": "../../redis1/sonic-db/database_config.json", "container_name": "database1"}
+        ],
+        "VERSION": "1.0"
+    }"#;
+
+    #[test]
+    fn namespace_include_resolves_against_the_global_files_directory() {
+        let global = Path::new("/var/run/redis/sonic-db/database_global.json");
+        let p = namespace_database_config_text(global, GLOBAL, "asic1").unwrap();
+        assert_eq!(p, Path::new("/var/run/redis/sonic-db/../../redis1/sonic-db/database_config.json"));
+        let p = namespace_database_config_text(global, GLOBAL, "asic0").unwrap();
+        assert_eq!(p, Path::new("/var/run/redis/sonic-db/../../redis0/sonic-db/database_config.json"));
+        // An absolute include stays absolute; a bare file name sits next to the global file.
+        let abs = r#"{"INCLUDES": [{"namespace": "asic2", "include": "/etc/asic2.json"}]}"#;
+        assert_eq!(namespace_database_config_text(global, abs, "asic2").unwrap(), Path::new("/etc/asic2.json"));
+        let bare = r#"{"INCLUDES": [{"namespace": "asic2", "include": "asic2.json"}]}"#;
+        assert_eq!(
+            namespace_database_config_text(Path::new("database_global.json"), bare, "asic2").unwrap(),
+            Path::new("asic2.json")
+        );
+    }
+
+    #[test]
+    fn resolved_include_is_a_usable_database_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let global = dir.path().join("redis/sonic-db/database_global.json");
+        let asic = dir.path().join("redis0/sonic-db/database_config.json");
+        std::fs::create_dir_all(global.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(asic.parent().unwrap()).unwrap();
+        std::fs::write(&global, GLOBAL).unwrap();
+        std::fs::write(&asic, SAMPLE).unwrap();
+        let p = namespace_database_config(&global, "asic0").unwrap();
+        assert_eq!(p.canonicalize().unwrap(), asic.canonicalize().unwrap());
+        assert_eq!(SonicDbs::from_database_config(&p).unwrap().state.id, 6);
+    }
+
+    #[test]
+    fn global_config_errors_name_the_file_and_the_namespace() {
+        let global = Path::new("/g/database_global.json");
+        let msg = |e: SonicDbError| format!("{:#}", anyhow::Error::from(e));
+        // The host's entry (no namespace) and an empty include do not count as the namespace's.
+        let text = r#"{"INCLUDES": [{"include": "a.json"}, {"namespace": "asic3", "include": ""},
+                       {"namespace": "asic0", "include": "b.json"}]}"#;
+        for ns in ["asic3", "asic7", ""] {
+            let e = namespace_database_config_text(global, text, ns).unwrap_err();
+            assert!(matches!(e, SonicDbError::NoNamespace { .. }), "{ns}: {e:?}");
+            let m = msg(e);
+            assert!(m.contains("/g/database_global.json") && m.contains(&format!("`{ns}`")), "{m}");
+            assert!(m.contains("it has: asic3, asic0"), "{m}");
+        }
+        let e = namespace_database_config_text(global, r#"{"INCLUDES": []}"#, "asic0").unwrap_err();
+        assert!(msg(e).contains("it has: none"));
+        for bad in
+            ["{not json", "{}", r#"{"INCLUDES": {"namespace": "asic0"}}"#, r#"{"INCLUDES": [{"namespace": "asic0"}]}"#]
+        {
+            let e = namespace_database_config_text(global, bad, "asic0").unwrap_err();
+            assert!(matches!(e, SonicDbError::GlobalParse { .. }), "{bad}: {e:?}");
+            let m = msg(e);
+            assert!(m.contains("/g/database_global.json") && m.contains("`asic0`"), "{m}");
+        }
+        let e = namespace_database_config(Path::new("/nonexistent-psd/database_global.json"), "asic0").unwrap_err();
+        assert!(matches!(e, SonicDbError::GlobalRead { .. }), "{e:?}");
+        let m = msg(e);
+        assert!(m.contains("/nonexistent-psd/database_global.json") && m.contains("`asic0`"), "{m}");
+        assert!(m.contains("No such file"), "the cause is kept: {m}");
     }
 
     #[test]

@@ -177,6 +177,11 @@ impl Source {
         self.ebpf.as_ref()
     }
 
+    /// The eBPF capture, to reconfigure its kernel filter.
+    pub fn ebpf_mut(&mut self) -> Option<&mut EbpfCapture> {
+        self.ebpf.as_mut()
+    }
+
     /// Waits until something is ready (in a storm: until the next poll is due), then appends
     /// everything ready (at most `max` events) to `out`.
     pub async fn next_batch(&mut self, out: &mut Vec<PortEvent>, max: usize) -> Result<Drained, SourceError> {

@@ -41,7 +41,7 @@ pub async fn run(dbs: &SonicDbs, timeout: Duration) -> Result<Startup, WriteErro
         )
         .await?;
     let switch_type = switch_type.unwrap_or_else(|| "switch".to_owned());
-    let (warm, system_warm, restore_count) = check_warm_start(&mut state, dbs).await?;
+    let (warm, system_warm, restore_count) = check_warm_start(&mut state, dbs, true).await?;
 
     let (port_set, malformed_ports) = if warm {
         (BTreeSet::new(), Vec::new())
@@ -49,6 +49,38 @@ pub async fn run(dbs: &SonicDbs, timeout: Duration) -> Result<Startup, WriteErro
         publish_port_config(dbs, &mut config, timeout, false).await?.unwrap_or_default()
     };
     Ok(Startup { warm, system_warm, restore_count, switch_type, port_set, malformed_ports })
+}
+
+/// The start-up of an instance other than the leader (several instances share the ports): the
+/// leader publishes CONFIG_DB's ports and counts the warm start; this one links the logger,
+/// reads the switch type and whether swss warm-starts, and takes the ports to wait for from the
+/// leader's run (`init_ports`). `resume`: this instance took part in the leader's current run
+/// before (it was restarted alone): its netdevs are not "old interfaces" and what STATE_DB holds
+/// is a baseline, as at a warm start.
+pub async fn run_follower(
+    dbs: &SonicDbs,
+    timeout: Duration,
+    init_ports: BTreeSet<String>,
+    resume: bool,
+) -> Result<Startup, WriteError> {
+    let mut config = DbConn::new("CONFIG_DB", dbs.config.clone(), Vec::new(), timeout);
+    let mut state = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout);
+    link_logger(&mut config, dbs).await?;
+    let switch_type: Option<String> = config
+        .query_one(
+            "HGET DEVICE_METADATA",
+            redis::cmd("HGET").arg(dbs.config.key("DEVICE_METADATA", "localhost")).arg("switch_type"),
+        )
+        .await?;
+    let (warm, system_warm, restore_count) = check_warm_start(&mut state, dbs, false).await?;
+    Ok(Startup {
+        warm: warm || resume,
+        system_warm,
+        restore_count,
+        switch_type: switch_type.unwrap_or_else(|| "switch".to_owned()),
+        port_set: init_ports,
+        malformed_ports: Vec::new(),
+    })
 }
 
 /// CONFIG_DB `PORT|*` -> APPL_DB `PORT_TABLE` through the producer protocol, then
@@ -102,8 +134,9 @@ async fn link_logger(config: &mut DbConn, dbs: &SonicDbs) -> Result<(), WriteErr
 }
 
 /// swss-common `WarmStart::checkWarmStart("portsyncd", "swss")`; also whether the system
-/// (not only swss) is warm-rebooting.
-async fn check_warm_start(state: &mut DbConn, dbs: &SonicDbs) -> Result<(bool, bool, u64), WriteError> {
+/// (not only swss) is warm-rebooting. `count`: write restore_count (the leader's job; the other
+/// instances only read it).
+async fn check_warm_start(state: &mut DbConn, dbs: &SonicDbs, count_it: bool) -> Result<(bool, bool, u64), WriteError> {
     let mut pipe = redis::pipe();
     pipe.hget(dbs.state.key("WARM_RESTART_ENABLE_TABLE", "system"), "enable")
         .hget(dbs.state.key("WARM_RESTART_ENABLE_TABLE", DOCKER_NAME), "enable")
@@ -128,6 +161,9 @@ async fn check_warm_start(state: &mut DbConn, dbs: &SonicDbs) -> Result<(bool, b
         Some(n) => (true, n),
         None => (false, 0),
     };
+    if !count_it {
+        return Ok((warm, warm && system.as_deref() == Some("true"), value.saturating_sub(1)));
+    }
     let mut pipe = redis::pipe();
     pipe.hset(&key, "restore_count", value.to_string()).ignore();
     state.query::<()>("HSET restore_count", &pipe).await?;

@@ -2,6 +2,7 @@
 //! an orchagent stand-in and the daemon binary, each a guard that cleans up in `Drop`, plus Redis
 //! and kernel readers for the assertions. Run with `cargo test -p portsyncd-e2e` as root.
 
+pub mod asic;
 pub mod background;
 pub mod daemon;
 pub mod db;

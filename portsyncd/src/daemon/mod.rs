@@ -11,6 +11,7 @@
 //! (outage, restart, republish, resync guard) read best in one place: every arm shares the
 //! daemon's state, and splitting them would pass most of `Daemon` to each piece.
 
+mod instance;
 mod stats;
 mod sync;
 
@@ -142,13 +143,17 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
 
 /// Chooses eBPF or netlink capture per `--capture`. `auto` falls back to netlink only for
 /// reasons of the host (privileges, kernel support, verifier); anything else is an error.
-fn select_capture(cfg: &Config, sock: &NlSocket) -> Result<(Option<EbpfCapture>, Option<String>), Error> {
+fn select_capture(
+    cfg: &Config,
+    sock: &NlSocket,
+    partition: &crate::partition::Partition,
+) -> Result<(Option<EbpfCapture>, Option<String>), Error> {
     use std::os::fd::AsFd;
     if cfg.capture == CaptureMode::Netlink {
         tracing::info!("capture mode: netlink (as configured)");
         return Ok((None, None));
     }
-    let ecfg = EbpfConfig { ring_bytes: cfg.ring_bytes, ..EbpfConfig::default() };
+    let ecfg = EbpfConfig { ring_bytes: cfg.ring_bytes, partition: Some(partition.clone()), ..EbpfConfig::default() };
     match EbpfCapture::attach(sock.as_fd(), &ecfg) {
         Ok(cap) => {
             tracing::info!(
@@ -222,6 +227,8 @@ struct Daemon {
     log_refresh: std::sync::Arc<tokio::sync::Notify>,
     /// COUNTERS_DB component stats, when database_config.json has a COUNTERS_DB.
     counters_db: Option<crate::metrics::counters_db::CountersDbExport>,
+    /// With several instances: this one's registry and run.
+    instance: Option<instance::InstanceRuntime>,
 }
 
 impl Daemon {
@@ -229,12 +236,21 @@ impl Daemon {
     /// capture. Cancel-safe: dropped at SIGTERM, it leaves nothing half-written that a restart
     /// would not redo.
     async fn start(cfg: Config) -> Result<Self, Error> {
+        if cfg.instances > 1 {
+            crate::redis_conn::set_client_name(format!("portsyncd-{}", cfg.instance_id));
+        }
         let dbs = SonicDbs::resolve(&cfg.redis)?;
         let mut writer = Writer::new(&dbs, cfg.redis_timeout);
         // An unreachable Redis at start is fatal (one clear line from main), as in the C++ daemon.
         writer.connect().await?;
         let run_id = writer.run_id().await?;
-        let startup = startup::run(&dbs, cfg.redis_timeout).await?;
+        let (startup, partition, instance) = match cfg.instances {
+            1 => (startup::run(&dbs, cfg.redis_timeout).await?, crate::partition::Partition::single(), None),
+            _ => {
+                let (s, p, rt) = instance::start(&cfg, &dbs).await?;
+                (s, p, Some(rt))
+            }
+        };
         tracing::info!(
             warm = startup.warm,
             system_warm = startup.system_warm,
@@ -299,18 +315,30 @@ impl Daemon {
             _watchdog: watchdog,
             log_refresh,
             counters_db: match &dbs_counters {
-                Some(loc) => Some(crate::metrics::counters_db::CountersDbExport::new(loc.clone(), cfg.redis_timeout)),
+                Some(loc) => {
+                    let export = crate::metrics::counters_db::CountersDbExport::new(loc.clone(), cfg.redis_timeout);
+                    Some(if cfg.instances > 1 { export.for_instance(cfg.instance_id) } else { export })
+                }
                 None => {
                     tracing::warn!("database config has no COUNTERS_DB: component stats are not published");
                     None
                 }
             },
+            instance,
             cfg,
         };
+        d.pipeline.coalescer.set_partition(partition);
         d.source.poll_storms(d.cfg.batch_linger);
         if let Some(addr) = d.cfg.metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::Metrics)?;
-            let export = std::sync::Arc::new(crate::metrics::prometheus::PrometheusExport::new());
+            // Every sample says which ASIC namespace and which instance it is from (`instance_id`, as
+            // `instance` is the label Prometheus itself gives a scrape target).
+            let mut labels: Vec<(String, String)> =
+                crate::netns::label().map(|ns| (crate::netns::LABEL.to_owned(), ns.to_owned())).into_iter().collect();
+            if d.cfg.instances > 1 {
+                labels.push(("instance_id".to_owned(), d.cfg.instance_id.to_string()));
+            }
+            let export = std::sync::Arc::new(crate::metrics::prometheus::PrometheusExport::with_labels(labels));
             d.latency.export_latency_to(export.latency_histogram());
             tokio::spawn(crate::metrics::prometheus::serve(listener, std::sync::Arc::clone(&export)));
             d.prometheus = Some(export);
@@ -331,7 +359,7 @@ impl Daemon {
     /// Attaches the eBPF capture per `--capture` (after initial sync, see [`run`]); whatever the
     /// socket queued before the filter took over is processed first.
     async fn start_capture(&mut self) -> Result<(), Error> {
-        let (ebpf, reason) = select_capture(&self.cfg, self.source.socket())?;
+        let (ebpf, reason) = select_capture(&self.cfg, self.source.socket(), self.pipeline.coalescer.partition())?;
         self.capture.fallback_reason = reason;
         if let Some(cap) = ebpf {
             let mut events = Vec::new();
@@ -391,9 +419,10 @@ impl Daemon {
         if self.redis.down_since.is_some() {
             return;
         }
+        let init_may_go = self.eoiu != Eoiu::Pending && self.init_gate_open();
         let r = self
             .pipeline
-            .flush(&mut self.writer, self.eoiu != Eoiu::Pending, Instant::now(), &mut self.counters, &mut self.latency)
+            .flush(&mut self.writer, init_may_go, Instant::now(), &mut self.counters, &mut self.latency)
             .await;
         self.mark_stats();
         match r {
@@ -456,6 +485,10 @@ impl Daemon {
     /// After a redis-server restart: CONFIG_DB's ports to APPL_DB and PortConfigDone again,
     /// once CONFIG_DB holds ports (it may be reloaded after Redis comes back).
     async fn republish(&mut self) {
+        // Another instance's job: a follower waits for the leader's new run (see `instance`).
+        if self.instance.as_ref().is_some_and(|rt| !rt.is_leader()) {
+            return;
+        }
         let mut config =
             crate::redis_conn::DbConn::new("CONFIG_DB", self.dbs.config.clone(), Vec::new(), self.cfg.redis_timeout);
         match startup::publish_port_config(&self.dbs, &mut config, self.cfg.redis_timeout, true).await {
@@ -465,6 +498,7 @@ impl Daemon {
                     ports = port_set.len(),
                     "redis-server restarted: published CONFIG_DB ports and PortConfigDone again"
                 );
+                let port_set = self.leader_republished(&port_set).await;
                 self.pipeline.reconciler.restart_init(port_set);
                 self.pipeline.reconciler.forget_redis();
                 self.redis.republish_pending = false;
@@ -589,6 +623,9 @@ impl Daemon {
                     if stalls != self.counters.stalls {
                         self.counters.stalls = stalls;
                         self.mark_stats();
+                    }
+                    if self.redis.down_since.is_none() {
+                        self.instance_tick().await;
                     }
                     self.update_health();
                     let snap = if self.stats_dirty { self.write_stats() } else { None };

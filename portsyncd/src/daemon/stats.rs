@@ -57,6 +57,7 @@ impl Daemon {
                 "filtered": counters.filtered,
                 "parse_errors": counters.parse_errors,
                 "not_link": counters.not_link,
+                "other_instance": counters.other_instance,
                 "load_us": c.load_duration().as_micros() as u64,
             })
         });
@@ -91,6 +92,7 @@ impl Daemon {
             "ebpf": ebpf,
             "warm_restart": self.warm_metrics,
             "latency": self.latency.summary(),
+            "instance": self.instance_snapshot(),
         })
     }
 

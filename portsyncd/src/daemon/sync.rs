@@ -137,6 +137,8 @@ impl Daemon {
         let old: Vec<(u32, String)> = links
             .iter()
             .filter(|e| e.name_bytes().starts_with(crate::linksync::INTFS_PREFIX.as_bytes()))
+            // Another instance's netdevs are its own to bring down.
+            .filter(|e| PortName::new(e.name_bytes()).is_none_or(|n| self.pipeline.coalescer.partition().owns(&n)))
             .map(|e| (e.ifindex, String::from_utf8_lossy(e.name_bytes()).into_owned()))
             .collect();
         if old.is_empty() {
@@ -164,7 +166,9 @@ impl Daemon {
         let mut names = HashSet::new();
         for ev in links {
             if let Verdict::Set { name, .. } = classify(ev, &self.old_ifindexes) {
-                names.insert(name);
+                if self.pipeline.coalescer.partition().owns(&name) {
+                    names.insert(name);
+                }
             }
             self.pipeline.coalescer.push(ev, &self.old_ifindexes);
         }

@@ -56,12 +56,25 @@ pub struct CountersDbExport {
     conn: DbConn,
     loc: DbLocation,
     last: Entities,
+    /// `instance<N>:` when several instances share the switch, so each has its own hashes.
+    prefix: String,
 }
 
 impl CountersDbExport {
     /// An exporter to `loc` (connects lazily).
     pub fn new(loc: DbLocation, timeout: std::time::Duration) -> Self {
-        Self { conn: DbConn::new("COUNTERS_DB", loc.clone(), Vec::new(), timeout), loc, last: Entities::new() }
+        Self {
+            conn: DbConn::new("COUNTERS_DB", loc.clone(), Vec::new(), timeout),
+            loc,
+            last: Entities::new(),
+            prefix: String::new(),
+        }
+    }
+
+    /// One of several instances: its hashes are `PORTSYNCD_STATS:instance<id>:<entity>`.
+    pub fn for_instance(mut self, id: u16) -> Self {
+        self.prefix = format!("instance{id}:");
+        self
     }
 
     /// Writes the entities of `snapshot` that changed since the last successful export, in
@@ -75,7 +88,7 @@ impl CountersDbExport {
         let mut pipe = redis::pipe();
         for (entity, fields) in &changed {
             let pairs: Vec<(&String, u64)> = fields.iter().map(|(k, v)| (k, *v)).collect();
-            pipe.hset_multiple(self.loc.key(TABLE, entity), &pairs).ignore();
+            pipe.hset_multiple(self.loc.key(TABLE, &format!("{}{entity}", self.prefix)), &pairs).ignore();
         }
         let n = changed.len();
         self.conn.query::<()>("HSET PORTSYNCD_STATS", &pipe).await?;

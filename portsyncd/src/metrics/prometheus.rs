@@ -4,6 +4,10 @@
 //! Counters are read from the latest stats snapshot at scrape time (a collector), so each is
 //! defined once, by its struct, and its HELP is that field's doc comment. The event latency is
 //! a real histogram, observed per written event alongside the HdrHistogram audit log.
+//!
+//! On a multi-ASIC switch every sample carries `namespace="asicN"` ([`crate::netns::label`]), a
+//! constant label, so that series of one host's daemons stay apart and can be summed or joined
+//! by namespace without an extra info metric.
 
 use std::sync::{Arc, Mutex};
 
@@ -60,9 +64,15 @@ impl Default for PrometheusExport {
 }
 
 impl PrometheusExport {
-    /// Registers every family.
+    /// Registers every family, labelled with the process's namespace label if it has one.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        let labels = crate::netns::label().map(|ns| (crate::netns::LABEL.to_owned(), ns.to_owned()));
+        Self::with_labels(labels)
+    }
+
+    /// Registers every family, each sample carrying `labels` as constant labels.
+    pub fn with_labels(labels: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut registry = Registry::with_labels(labels.into_iter().map(|(k, v)| (k.into(), v.into())));
         let latency = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "portsyncd_event_processing_latency",
@@ -263,6 +273,22 @@ mod tests {
                 .unwrap_or(name);
             assert!(text.contains(&format!("# HELP {family} ")), "no HELP for {line}");
             assert!(text.contains(&format!("# TYPE {family} ")), "no TYPE for {line}");
+        }
+    }
+
+    #[test]
+    fn a_namespace_label_is_on_every_sample() {
+        let export = PrometheusExport::with_labels([("namespace".to_owned(), "asic1".to_owned())]);
+        export.update(sample());
+        export.latency_histogram().observe(0.000_25);
+        let text = export.encode();
+        assert!(text.contains("portsyncd_events_total{namespace=\"asic1\"} 7\n"), "{text}");
+        assert!(text.contains("portsyncd_health_reason{namespace=\"asic1\",reason=\"ebpf_fallback\"} 1\n"), "{text}");
+        assert!(text.contains("portsyncd_event_processing_latency_seconds_count{namespace=\"asic1\"} 1\n"), "{text}");
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(samples.len() > 10, "{text}");
+        for line in samples {
+            assert!(line.contains("namespace=\"asic1\""), "unlabelled sample: {line}");
         }
     }
 
