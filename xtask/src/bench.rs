@@ -115,6 +115,10 @@ pub struct Options {
     /// (kept across restarts) and `{ns}` are substituted.
     #[arg(long)]
     pub compare_cmd: Option<String>,
+    /// Also run every capture mode as this many instances sharing the ports (`--instances N
+    /// --partition even`), labelled `<mode>-x<N>`; the storm scenarios only.
+    #[arg(long)]
+    pub instances: Option<u16>,
     /// Label of the external daemon.
     #[arg(long, default_value = "compare")]
     pub compare_name: String,
@@ -227,6 +231,15 @@ fn modes(opts: &Options) -> Vec<Mode> {
             out.push(mode);
         }
     }
+    if let Some(count) = opts.instances.filter(|n| *n > 1) {
+        for m in &opts.modes {
+            let capture = match m {
+                ModeArg::Ebpf => Capture::Ebpf,
+                ModeArg::Netlink => Capture::Netlink,
+            };
+            out.push(Mode::Instances { capture, count, name: format!("{}-x{count}", capture.as_str()) });
+        }
+    }
     if let Some(cmd) = &opts.compare_cmd {
         out.push(Mode::External { name: opts.compare_name.clone(), cmd: cmd.clone() });
     }
@@ -321,6 +334,10 @@ fn storm(opts: Options) -> anyhow::Result<()> {
                     break 'reps;
                 }
                 let t = Instant::now();
+                // Start-up of several instances is not measured: PortInitDone waits for all of them.
+                if sc == Scenario::Startup && matches!(mode, Mode::Instances { .. }) {
+                    continue;
+                }
                 let mut recs = if sc == Scenario::Startup {
                     scenario::run_startup(&ctx, mode)
                 } else {

@@ -1,5 +1,6 @@
-//! The daemon under test: our portsyncd (harness [`Daemon`] guard) or an external command line
-//! run in the namespace in its own process group; CPU, liveness, stats and log out.
+//! The daemon under test: our portsyncd (harness [`Daemon`] guard), several instances of it
+//! sharing the ports (`--instances`), or an external command line run in the namespace in its
+//! own process group; CPU, liveness, stats and log out.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,15 @@ use super::procstat::{cpu_of, pids_in_group, rss_of, CpuSample};
 pub enum Mode {
     /// Our portsyncd with `--capture <c>`.
     Ours(Capture),
+    /// `count` instances of ours with `--capture <capture> --partition even`.
+    Instances {
+        /// Capture mode of every instance.
+        capture: Capture,
+        /// How many.
+        count: u16,
+        /// Column label (`ebpf-x4`).
+        name: String,
+    },
     /// An external daemon: a label and a `sh -c` command line.
     External {
         /// Column label.
@@ -35,7 +45,7 @@ impl Mode {
     pub fn label(&self) -> &str {
         match self {
             Mode::Ours(c) => c.as_str(),
-            Mode::External { name, .. } => name,
+            Mode::Instances { name, .. } | Mode::External { name, .. } => name,
         }
     }
 }
@@ -45,6 +55,8 @@ impl Mode {
 pub enum Dut {
     /// Ours.
     Ours(Daemon),
+    /// Several of ours, instance 0 first.
+    Cluster(Vec<Daemon>),
     /// External.
     External(External),
 }
@@ -54,6 +66,17 @@ impl Dut {
     pub fn start(mode: &Mode, ns: &NetNs, redis: &RedisServer, work_dir: &Path) -> anyhow::Result<Dut> {
         match mode {
             Mode::Ours(c) => Ok(Dut::Ours(Daemon::start(ns, redis, DaemonOpts::new(*c).work_dir(work_dir)))),
+            Mode::Instances { capture, count, .. } => Ok(Dut::Cluster(
+                (0..*count)
+                    .map(|id| {
+                        let opts = DaemonOpts::new(*capture)
+                            .work_dir(work_dir.join(format!("instance{id}")))
+                            .args(["--instances", &count.to_string(), "--instance-id", &id.to_string()])
+                            .args(["--partition", "even"]);
+                        Daemon::start(ns, redis, opts)
+                    })
+                    .collect(),
+            )),
             Mode::External { cmd, .. } => Ok(Dut::External(External::start(cmd, ns, redis, work_dir)?)),
         }
     }
@@ -63,7 +86,16 @@ impl Dut {
     pub fn cpu(&self) -> anyhow::Result<CpuSample> {
         match self {
             Dut::Ours(d) => cpu_of(&[d.pid() as i32]),
+            Dut::Cluster(v) => cpu_of(&v.iter().map(|d| d.pid() as i32).collect::<Vec<_>>()),
             Dut::External(e) => cpu_of(&pids_in_group(e.pgid)),
+        }
+    }
+
+    /// CPU used so far by each instance of a cluster (empty otherwise).
+    pub fn cpu_per_instance(&self) -> anyhow::Result<Vec<CpuSample>> {
+        match self {
+            Dut::Cluster(v) => v.iter().map(|d| cpu_of(&[d.pid() as i32])).collect(),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -71,14 +103,30 @@ impl Dut {
     pub fn rss_bytes(&self) -> u64 {
         match self {
             Dut::Ours(d) => rss_of(&[d.pid() as i32]),
+            Dut::Cluster(v) => rss_of(&v.iter().map(|d| d.pid() as i32).collect::<Vec<_>>()),
             Dut::External(e) => rss_of(&pids_in_group(e.pgid)),
         }
     }
 
-    /// Our stats file (external daemons have none).
+    /// Our stats file (external daemons have none). A cluster's: instance 0's, with every
+    /// `counters` field summed over the instances and `initial_sync_done` only once every
+    /// instance's is.
     pub fn stats(&self) -> Option<Stats> {
         match self {
             Dut::Ours(d) => d.stats(),
+            Dut::Cluster(v) => {
+                let all: Vec<Stats> = v.iter().map(Daemon::stats).collect::<Option<_>>()?;
+                let mut merged = all.first()?.0.clone();
+                let ready = all.iter().all(Stats::initial_sync_done);
+                if let Some(counters) = merged.get_mut("counters").and_then(|c| c.as_object_mut()) {
+                    for (k, v) in counters.iter_mut() {
+                        let sum: u64 = all.iter().map(|s| s.counter(k)).sum();
+                        *v = sum.into();
+                    }
+                }
+                merged["initial_sync_done"] = ready.into();
+                Some(Stats(merged))
+            }
             Dut::External(_) => None,
         }
     }
@@ -87,6 +135,7 @@ impl Dut {
     pub fn is_running(&mut self) -> bool {
         match self {
             Dut::Ours(d) => d.is_running(),
+            Dut::Cluster(v) => v.iter_mut().all(Daemon::is_running),
             Dut::External(e) => e.is_running(),
         }
     }
@@ -95,6 +144,7 @@ impl Dut {
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         match self {
             Dut::Ours(d) => d.exit_status(),
+            Dut::Cluster(v) => v.iter_mut().find_map(Daemon::exit_status),
             Dut::External(e) => e.child.try_wait().ok().flatten(),
         }
     }
@@ -103,6 +153,7 @@ impl Dut {
     pub fn log_path(&self) -> PathBuf {
         match self {
             Dut::Ours(d) => d.work_dir().to_path_buf(),
+            Dut::Cluster(v) => v.first().map(|d| d.work_dir().to_path_buf()).unwrap_or_default(),
             Dut::External(e) => e.log.clone(),
         }
     }
@@ -111,6 +162,7 @@ impl Dut {
     pub fn log_tail(&self, n: usize) -> String {
         match self {
             Dut::Ours(d) => d.log_tail(n),
+            Dut::Cluster(v) => v.iter().map(|d| d.log_tail(n)).collect::<Vec<_>>().join("\n--- next instance ---\n"),
             Dut::External(e) => {
                 let log = std::fs::read_to_string(&e.log).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
@@ -123,6 +175,8 @@ impl Dut {
     pub fn stop(&mut self) -> bool {
         match self {
             Dut::Ours(d) => d.stop().success(),
+            // Followers first: the leader's stop must not look like a new run to them.
+            Dut::Cluster(v) => v.iter_mut().rev().map(|d| d.stop().success()).fold(true, |a, b| a && b),
             Dut::External(e) => e.stop(),
         }
     }

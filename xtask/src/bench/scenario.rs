@@ -180,7 +180,7 @@ impl Env {
         loop {
             self.ensure_alive("starting")?;
             match mode {
-                Mode::Ours(c) => {
+                Mode::Ours(c) | Mode::Instances { capture: c, .. } => {
                     if let Some(s) = self.dut()?.stats().filter(Stats::initial_sync_done) {
                         if s.capture_mode() != Some(c.as_str()) {
                             bail!(
@@ -374,6 +374,7 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     let mut info_con = env.redis.conn(0);
     let info0 = InfoSnapshot::take(&mut info_con)?;
     let cpu0 = env.dut()?.cpu()?;
+    let cpu0_each = env.dut()?.cpu_per_instance()?;
     let stats0 = env.dut()?.stats();
 
     let st = storm(scenario, ctx.ports, rounds);
@@ -390,6 +391,13 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     let settled = env.wait_settled(t_batch, ctx.settle, storm_timeout(st.carrier_changes), &kernel_ok)?;
 
     let cpu = env.dut()?.cpu()?.since(cpu0);
+    let cpu_each: Vec<f64> = env
+        .dut()?
+        .cpu_per_instance()?
+        .into_iter()
+        .zip(cpu0_each)
+        .map(|(after, before)| after.since(before).sched_ns as f64 / 1e3)
+        .collect();
     let rss = env.dut()?.rss_bytes();
     let info = InfoSnapshot::take(&mut info_con)?.since(&info0);
     let stats1 = env.dut()?.stats();
@@ -435,6 +443,11 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     m.insert("cpu_us".into(), cpu.sched_ns as f64 / 1e3);
     m.insert("cpu_us_ticks".into(), cpu.ticks_ns as f64 / 1e3);
     m.insert("cpu_us_per_event".into(), per_event(cpu.sched_ns as f64 / 1e3, events));
+    if let Some(max) = cpu_each.iter().copied().reduce(f64::max) {
+        // The busiest instance: what one core must sustain.
+        m.insert("cpu_us_max_instance".into(), max);
+        m.insert("cpu_us_per_event_max_instance".into(), per_event(max, events));
+    }
     m.insert("redis_commands".into(), info.commands as f64);
     m.insert("redis_commands_per_event".into(), per_event(info.commands as f64, events));
     m.insert("redis_reads".into(), info.reads as f64);
@@ -473,6 +486,7 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
         "commands": info.calls,
         "kernel_event_ports": kev.iter().map(|e| e.port.as_str()).collect::<BTreeSet<_>>().len(),
         "daemon_stats": stats1.map(|s| s.0),
+        "cpu_us_per_instance": cpu_each,
     });
     let incomplete = enobufs > 0.0 || m.get("daemon_enobufs").is_some_and(|&v| v > 0.0);
     let notes = std::mem::take(&mut env.notes);
