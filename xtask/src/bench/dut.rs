@@ -176,7 +176,10 @@ impl Dut {
         match self {
             Dut::Ours(d) => d.stop().success(),
             // Followers first: the leader's stop must not look like a new run to them.
-            Dut::Cluster(v) => v.iter_mut().rev().map(|d| d.stop().success()).fold(true, |a, b| a && b),
+            // Every instance is stopped, whatever the others' outcome.
+            Dut::Cluster(v) => {
+                v.iter_mut().rev().map(|d| d.stop().success()).collect::<Vec<_>>().into_iter().all(|ok| ok)
+            }
             Dut::External(e) => e.stop(),
         }
     }
