@@ -292,6 +292,19 @@ impl Registry {
         Self { conn, dbs: dbs.clone(), record, process: ProcessId::current(), publications: 0 }
     }
 
+    /// Runs `pipe`, once more if the first attempt found the connection lost: after
+    /// redis-server restarted, the first use of an idle connection is what notices it.
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        what: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, WriteError> {
+        match self.conn.query(what, pipe).await {
+            Err(e) if e.is_connection_lost() => self.conn.query(what, pipe).await,
+            r => r,
+        }
+    }
+
     fn instance_key(&self, id: u16) -> String {
         self.dbs.state.key(INSTANCE_TABLE, &id.to_string())
     }
@@ -306,7 +319,7 @@ impl Registry {
         for id in 0..self.record.instances {
             pipe.hgetall(self.instance_key(id));
         }
-        let hashes: Vec<HashMap<String, String>> = self.conn.query("HGETALL instance records", &pipe).await?;
+        let hashes: Vec<HashMap<String, String>> = self.query("HGETALL instance records", &pipe).await?;
         Ok(hashes
             .iter()
             .zip(0u16..)
@@ -317,8 +330,9 @@ impl Registry {
 
     /// The leader's record, if any.
     pub async fn leader(&mut self) -> Result<Option<LeaderRecord>, WriteError> {
-        let h: HashMap<String, String> =
-            self.conn.query_one("HGETALL leader record", redis::cmd("HGETALL").arg(self.leader_key())).await?;
+        let mut pipe = redis::pipe();
+        pipe.hgetall(self.leader_key());
+        let (h,): (HashMap<String, String>,) = self.query("HGETALL leader record", &pipe).await?;
         Ok(LeaderRecord::parse(&h))
     }
 
@@ -356,7 +370,7 @@ impl Registry {
         self.record.heartbeat_ms = now_ms();
         let mut pipe = redis::pipe();
         pipe.hset_multiple(self.instance_key(self.record.id), &self.record.fields()).ignore();
-        self.conn.query::<()>("HSET instance record", &pipe).await
+        self.query::<()>("HSET instance record", &pipe).await
     }
 
     /// Leader: our process is the leader now; until [`Self::publish_run`], the run is not
@@ -373,7 +387,7 @@ impl Registry {
             ],
         )
         .ignore();
-        self.conn.query::<()>("HSET leader record", &pipe).await
+        self.query::<()>("HSET leader record", &pipe).await
     }
 
     /// Leader: CONFIG_DB's ports are in APPL_DB; a new run waits for `init_ports`. Returns the
@@ -395,7 +409,7 @@ impl Registry {
             ],
         )
         .ignore();
-        self.conn.query::<()>("HSET leader record", &pipe).await?;
+        self.query::<()>("HSET leader record", &pipe).await?;
         Ok(generation)
     }
 
@@ -414,7 +428,7 @@ impl Registry {
     pub async fn leader_beat(&mut self) -> Result<(), WriteError> {
         let mut pipe = redis::pipe();
         pipe.hset(self.leader_key(), "heartbeat_ms", now_ms().to_string()).ignore();
-        self.conn.query::<()>("HSET leader heartbeat", &pipe).await
+        self.query::<()>("HSET leader heartbeat", &pipe).await
     }
 
     /// Waits until a live leader has published its run (a non-leader cannot start before:

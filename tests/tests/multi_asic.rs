@@ -106,7 +106,7 @@ fn scenario_two_asics_from_the_host(mode: Capture) {
         let families = wait_for(DEFAULT_TIMEOUT, &format!("a scrape in {} showing PortInitDone", asic.name()), || {
             let f = scrape(&asic.ns)?;
             match sample(&f, "portsyncd_port_init_done", &[("namespace", asic.name())]) {
-                Some(v) if v == 1.0 => Ok(f),
+                Some(1.0) => Ok(f),
                 other => Err(format!("portsyncd_port_init_done = {other:?}")),
             }
         });

@@ -387,7 +387,57 @@ fn scenario_range_and_list_shares(mode: Capture) {
     }
 }
 
+/// redis-server restarts empty (CONFIG_DB reloaded): the leader publishes CONFIG_DB's ports and
+/// PortConfigDone again as a new run, every instance rewrites its share, and PortInitDone comes
+/// again once both shares are seen.
+fn scenario_redis_restart(mode: Capture) {
+    const N: u32 = 32;
+    let fx = Fixture::new(mode, N);
+    let work = tempfile::Builder::new().prefix("psd-instances-").tempdir().expect("tempdir");
+    let mut daemons: Vec<Daemon> = (0..2u16)
+        .map(|id| {
+            let opts = DaemonOpts::new(mode).work_dir(work.path().join(format!("instance{id}"))).args([
+                "--instances",
+                "2",
+                "--instance-id",
+                &id.to_string(),
+                "--partition",
+                "even",
+            ]);
+            Daemon::start(&fx.ns, &fx.redis, opts)
+        })
+        .collect();
+    for d in &mut daemons {
+        d.wait_ready();
+    }
+    fx.create_ports(0..N);
+    fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, portsyncd_e2e::all_links(&fx.ports, true, true));
+    wait_hash(&fx.redis, APPL_DB, "PORT_TABLE:PortInitDone", &hash(&[("lanes", "0")]));
+
+    let mut fx = fx;
+    fx.redis.restart_with(|r| {
+        portsyncd_e2e::db::seed_config_ports(r, N);
+    });
+    // Every row back (both shares), and the run's markers again.
+    fx.wait_state_matches_kernel(&fx.ports, STORM_TIMEOUT, |_| true);
+    wait_hash(&fx.redis, APPL_DB, "PORT_TABLE:PortInitDone", &hash(&[("lanes", "0")]));
+    assert_eq!(fx.appl_entry("PortConfigDone").get("count").map(String::as_str), Some("32"));
+    // The follower still follows its share after the new run: a change of its last port.
+    fx.ns.ip(&["link", "set", "Ethernet31", "down"]);
+    fx.wait_state_matches_kernel(&fx.ports, DEFAULT_TIMEOUT, |l| l.get("Ethernet31").is_some_and(|p| !p.admin_up));
+    for (id, d) in daemons.iter_mut().enumerate() {
+        assert!(d.is_running(), "instance {id} kept running");
+        assert!(d.stats().is_some_and(|s| s.counter("redis_restarts") > 0), "instance {id} saw the restart");
+    }
+    assert!(
+        daemons[1].log().contains("instance 0 published CONFIG_DB's ports again"),
+        "the follower resynced on the leader's new run"
+    );
+}
+
 capture_tests! {
+    scenario_redis_restart =>
+        redis_restart_is_a_new_run_for_every_instance_netlink, redis_restart_is_a_new_run_for_every_instance_ebpf;
     scenario_range_and_list_shares =>
         range_and_list_shares_and_the_leader_keeps_the_rest_netlink, range_and_list_shares_and_the_leader_keeps_the_rest_ebpf;
     scenario_four_instances_split_the_ports =>

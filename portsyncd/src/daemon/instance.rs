@@ -33,12 +33,31 @@ pub(super) struct InstanceRuntime {
     learns_claims: bool,
     last_beat: Option<Instant>,
     last_waiting_log: Option<Instant>,
+    /// Leader: a new run whose publication failed (Redis went away again), retried each tick.
+    unpublished_run: Option<BTreeSet<String>>,
 }
 
 impl InstanceRuntime {
     /// This instance is the leader.
     pub(super) fn is_leader(&self) -> bool {
         self.registry.record.id == LEADER
+    }
+
+    /// Leader: publishes a new run waiting for `ports`; if Redis refuses, keeps it for the next
+    /// tick (the others resync only once they see it). Returns whether it is published.
+    async fn publish(&mut self, ports: BTreeSet<String>) -> bool {
+        match self.registry.publish_run(&ports).await {
+            Ok(g) => {
+                tracing::info!(generation = %g, "published a new run to the other instances");
+                self.generation = g;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish the new run yet; retrying");
+                self.unpublished_run = Some(ports);
+                false
+            }
+        }
     }
 }
 
@@ -102,6 +121,7 @@ pub(super) async fn start(cfg: &Config, dbs: &SonicDbs) -> Result<(Startup, Part
         learns_claims: cfg.instance_id == LEADER && cfg.partition != PartitionSpec::Even,
         last_beat: None,
         last_waiting_log: None,
+        unpublished_run: None,
     };
     Ok((startup, partition, rt))
 }
@@ -156,6 +176,11 @@ impl Daemon {
 
     async fn leader_tick(&mut self, init_pending: bool) {
         let Some(rt) = self.instance.as_mut() else { return };
+        if let Some(ports) = rt.unpublished_run.take() {
+            if !rt.publish(ports).await {
+                return;
+            }
+        }
         if let Err(e) = rt.registry.leader_beat().await {
             tracing::debug!(error = %e, "cannot write the leader's heartbeat; next tick");
             return;
@@ -232,15 +257,9 @@ impl Daemon {
     pub(super) async fn leader_republished(&mut self, port_set: &BTreeSet<String>) -> BTreeSet<String> {
         let partition = self.pipeline.coalescer.partition().clone();
         let Some(rt) = self.instance.as_mut() else { return port_set.clone() };
-        match rt.registry.publish_run(port_set).await {
-            Ok(g) => {
-                rt.generation = g;
-                rt.waiting_for = (1..self.cfg.instances).collect();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot publish the new run; instances resync at the next publication")
-            }
-        }
+        // Whatever the others reported was for the old run.
+        rt.waiting_for = (1..self.cfg.instances).collect();
+        rt.publish(port_set.clone()).await;
         share_of(port_set, &partition)
     }
 
