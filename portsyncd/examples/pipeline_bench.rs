@@ -32,6 +32,10 @@ struct Args {
     /// Batch sizes to compare.
     #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
     batches: Vec<usize>,
+    /// Rows to run: `pipeline` (every event a row write, per batch size), `floor` (redis-server
+    /// alone, largest batch), `unchanged` (the userspace path alone, largest batch).
+    #[arg(long, value_delimiter = ',', default_value = "pipeline,floor,unchanged")]
+    rows: Vec<String>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -39,6 +43,9 @@ struct Args {
 
 #[derive(Debug, serde::Serialize)]
 struct Row {
+    /// `pipeline`, or `redis-floor`: the same rows written with pre-built commands, i.e.
+    /// redis-server and the transport alone.
+    kind: &'static str,
     batch: usize,
     events: u64,
     wall_s: f64,
@@ -81,7 +88,10 @@ async fn seed(dbs: &SonicDbs, ports: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
+/// `changing`: every event of a port flips its oper state (each is a row write); otherwise
+/// every event repeats the state already written (after the first of each port), which the
+/// pipeline settles without Redis: the userspace path alone.
+async fn one(args: &Args, dbs: &SonicDbs, batch: usize, changing: bool) -> anyhow::Result<Row> {
     let mut writer = Writer::new(dbs, std::time::Duration::from_secs(5));
     writer.connect().await?;
     let backoff = Backoff { min: std::time::Duration::from_millis(100), max: std::time::Duration::from_secs(30) };
@@ -90,8 +100,9 @@ async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
     let mut cost = Counters::default();
     let old = HashSet::new();
     // Pre-generate so event construction is not measured.
+    let round = |i: u64| if changing { i / u64::from(args.ports) } else { 0 };
     let events: Vec<PortEvent> =
-        (0..args.events).map(|i| event((i % u64::from(args.ports)) as u32, i / u64::from(args.ports))).collect();
+        (0..args.events).map(|i| event((i % u64::from(args.ports)) as u32, round(i))).collect();
     let cpu0 = cpu_ns();
     let t0 = Instant::now();
     for chunk in events.chunks(batch) {
@@ -108,6 +119,7 @@ async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
     let s = lat.summary();
     let ev = args.events as f64;
     Ok(Row {
+        kind: if changing { "pipeline" } else { "unchanged" },
         batch,
         events: args.events,
         wall_s: wall,
@@ -120,6 +132,50 @@ async fn one(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
     })
 }
 
+/// The floor under any pipeline that writes one STATE_DB row per changed port: the same
+/// `HSET PORT_TABLE|<p>` with the four fields, built before the clock starts and sent
+/// `batch` at a time over one connection. What remains is redis-server's work and the socket.
+async fn redis_floor(args: &Args, dbs: &SonicDbs, batch: usize) -> anyhow::Result<Row> {
+    let client = redis::Client::open(dbs.state.info.clone())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let pipes: Vec<redis::Pipeline> = (0..args.events)
+        .collect::<Vec<u64>>()
+        .chunks(batch)
+        .map(|chunk| {
+            let mut pipe = redis::pipe();
+            for i in chunk {
+                let port = (i % u64::from(args.ports)) * 4;
+                let oper = if (i / u64::from(args.ports)).is_multiple_of(2) { "up" } else { "down" };
+                pipe.cmd("HSET")
+                    .arg(format!("PORT_TABLE|Ethernet{port}"))
+                    .arg(&["state", "ok", "netdev_oper_status", oper, "admin_status", "up", "mtu", "9100"][..])
+                    .ignore();
+            }
+            pipe
+        })
+        .collect();
+    let cpu0 = cpu_ns();
+    let t0 = Instant::now();
+    for pipe in &pipes {
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_ns() - cpu0;
+    let ev = args.events as f64;
+    Ok(Row {
+        kind: "redis-floor",
+        batch,
+        events: args.events,
+        wall_s: wall,
+        events_per_s: ev / wall,
+        cpu_ns_per_event: cpu as f64 / ev,
+        redis_commands_per_event: 1.0,
+        round_trips_per_event: pipes.len() as f64 / ev,
+        p50_us: 0.0,
+        p99_us: 0.0,
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dbs = SonicDbs::from_url(&args.redis)?;
@@ -127,8 +183,20 @@ fn main() -> anyhow::Result<()> {
     let rows = rt.block_on(async {
         seed(&dbs, args.ports).await?;
         let mut rows = Vec::new();
-        for &b in &args.batches {
-            rows.push(one(&args, &dbs, b.max(1)).await?);
+        let wants = |k: &str| args.rows.iter().any(|r| r == k);
+        if wants("pipeline") {
+            for &b in &args.batches {
+                rows.push(one(&args, &dbs, b.max(1), true).await?);
+            }
+        }
+        // Redis alone, at the largest batch: how close the pipeline is to the server's own rate.
+        if let Some(&b) = args.batches.iter().max() {
+            if wants("floor") {
+                rows.push(redis_floor(&args, &dbs, b.max(1)).await?);
+            }
+            if wants("unchanged") {
+                rows.push(one(&args, &dbs, b.max(1), false).await?);
+            }
         }
         anyhow::Ok(rows)
     })?;
@@ -137,12 +205,13 @@ fn main() -> anyhow::Result<()> {
         args.ports, args.events
     );
     println!(
-        "{:>6} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
-        "batch", "events/s", "cpu ns/event", "cmds/event", "rtt/event", "p50 us", "p99 us"
+        "{:<12} {:>6} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
+        "kind", "batch", "events/s", "cpu ns/event", "cmds/event", "rtt/event", "p50 us", "p99 us"
     );
     for r in &rows {
         println!(
-            "{:>6} {:>12.0} {:>14.0} {:>12.3} {:>14.5} {:>10.1} {:>10.1}",
+            "{:<12} {:>6} {:>12.0} {:>14.0} {:>12.3} {:>14.5} {:>10.1} {:>10.1}",
+            r.kind,
             r.batch,
             r.events_per_s,
             r.cpu_ns_per_event,
@@ -152,7 +221,16 @@ fn main() -> anyhow::Result<()> {
             r.p99_us
         );
     }
-    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+    let pipeline_rows: Vec<&Row> = rows.iter().filter(|r| r.kind == "pipeline").collect();
+    if let (Some(best), Some(floor)) = (pipeline_rows.last(), rows.iter().find(|r| r.kind == "redis-floor")) {
+        println!(
+            "pipeline at batch {} reaches {:.0}% of redis-server's own rate for the same rows ({:.0} events/s)",
+            best.batch,
+            100.0 * best.events_per_s / floor.events_per_s,
+            floor.events_per_s
+        );
+    }
+    if let (Some(first), Some(last)) = (pipeline_rows.first(), pipeline_rows.last()) {
         println!(
             "ratio cpu/event batch {} vs batch {}: {:.1}x",
             first.batch,

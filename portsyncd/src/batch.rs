@@ -2,11 +2,11 @@
 //! newest, remembering the oldest unwritten event time for the latency histogram. Pending changes
 //! stay here until the writer confirms them, so a Redis outage loses nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use portsyncd_common::PortEvent;
 
-use crate::linksync::{classify, Ignored, PortName, PortState, Verdict};
+use crate::linksync::{classify, Ignored, PortMap, PortName, PortState, Verdict};
 use crate::partition::Partition;
 
 /// One port's change that Redis has not confirmed yet.
@@ -47,7 +47,7 @@ crate::described! {
 /// The pending changes, keyed by port name (the Redis key).
 #[derive(Debug, Default)]
 pub struct Coalescer {
-    pending: HashMap<PortName, Pending>,
+    pending: PortMap<Pending>,
     /// Which ports are this instance's (all of them unless several instances share them).
     partition: Partition,
     /// Running totals.
@@ -137,7 +137,7 @@ impl Coalescer {
     }
 
     /// Takes every pending change.
-    pub fn take(&mut self) -> HashMap<PortName, Pending> {
+    pub fn take(&mut self) -> PortMap<Pending> {
         std::mem::take(&mut self.pending)
     }
 

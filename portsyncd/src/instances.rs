@@ -469,7 +469,7 @@ pub async fn read_partition_table(dbs: &SonicDbs, timeout: Duration) -> Result<V
         pipe.cmd("HGET").arg(k).arg("index");
     }
     // Raw replies: a malformed entry (not a hash) sorts as one without index.
-    let replies: Vec<redis::Value> = config.query_raw("HGET PORT index", &pipe).await?;
+    let replies: Vec<redis::Value> = config.query_raw("HGET PORT index", pipe).await?;
     let rows: BTreeMap<String, Option<String>> = keys
         .iter()
         .zip(replies)

@@ -15,6 +15,13 @@ pub const PORT_PREFIXES: [&str; 2] = [INTFS_PREFIX, LAG_PREFIX];
 /// Link kind of teamd LAG netdevs: teamsyncd's business.
 pub const TEAM_KIND: &[u8] = b"team";
 
+/// Maps keyed by port name. foldhash, not the default SipHash: SipHash was 40% of the
+/// userspace path's CPU (perf, `cargo xtask bench pipeline`, `unchanged` row), and the keys are
+/// kernel interface names, not input an attacker chooses to collide.
+pub type PortMap<V> = std::collections::HashMap<PortName, V, foldhash::fast::RandomState>;
+/// Sets of port names; see [`PortMap`].
+pub type PortSet = std::collections::HashSet<PortName, foldhash::fast::RandomState>;
+
 /// A port name, stored inline: kernel names are at most 15 bytes, so no allocation per event.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortName {

@@ -17,11 +17,10 @@
 //! leader. The leader learns the other instances' claims from their registry records
 //! ([`crate::instances`]) and gives those names up.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::linksync::{is_port_name, PortName};
+use crate::linksync::{is_port_name, PortMap, PortName};
 
 /// The leader's id; it owns every name no share names.
 pub const LEADER: u16 = 0;
@@ -203,7 +202,7 @@ pub struct Partition {
     me: u16,
     instances: u16,
     /// Owners of the names some share names; every other name is the leader's.
-    owners: HashMap<PortName, u16>,
+    owners: PortMap<u16>,
 }
 
 impl Default for Partition {
@@ -215,12 +214,12 @@ impl Default for Partition {
 impl Partition {
     /// One instance: it owns everything.
     pub fn single() -> Self {
-        Self { me: LEADER, instances: 1, owners: HashMap::new() }
+        Self { me: LEADER, instances: 1, owners: PortMap::default() }
     }
 
     /// Instance `me` of `instances` with `spec`, over the partition `table`.
     pub fn compute(spec: &PartitionSpec, me: u16, instances: u16, table: &[PortName]) -> Result<Self, PartitionError> {
-        let mut p = Self { me, instances, owners: HashMap::new() };
+        let mut p = Self { me, instances, owners: PortMap::default() };
         if instances <= 1 {
             return Ok(Self::single());
         }

@@ -1,10 +1,10 @@
 //! Pending changes + what Redis already holds -> the minimal list of Redis operations.
 //! Also tracks the configured ports not yet seen (the C++ `g_portSet`) that gate `PortInitDone`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::batch::Pending;
-use crate::linksync::{PortName, PortState};
+use crate::linksync::{PortMap, PortName, PortSet, PortState};
 
 /// One STATE_DB operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,15 +58,15 @@ pub struct Vanished {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     /// What STATE_DB holds from us, as far as we know: used to skip identical writes.
-    written: HashMap<PortName, PortState>,
+    written: PortMap<PortState>,
     /// Ports whose entry we published and did not delete. Survives [`Self::forget_redis`], so a
     /// port that vanished during an outage is still found and deleted by the resync.
-    published: HashSet<PortName>,
+    published: PortSet,
     /// Published ports whose row is known to describe a netdev of this kernel boot: written by
     /// this process, or listed by a state file saved during this boot. Only these may be
     /// deleted for being absent from a dump (see [`Self::vanished`]).
-    provable: HashSet<PortName>,
-    appl_known: HashSet<PortName>,
+    provable: PortSet,
+    appl_known: PortSet,
     port_set: BTreeSet<String>,
     init_done: bool,
 }
@@ -79,7 +79,7 @@ impl Reconciler {
 
     /// Uses `baseline` as what STATE_DB holds (warm restart: the saved or verified state).
     /// `provable`: the baseline's ports whose netdevs are known to be of this boot.
-    pub fn set_baseline(&mut self, baseline: HashMap<PortName, PortState>, provable: &HashSet<PortName>) {
+    pub fn set_baseline(&mut self, baseline: PortMap<PortState>, provable: &PortSet) {
         self.published = baseline.keys().copied().collect();
         self.provable = self.published.intersection(provable).copied().collect();
         self.written = baseline;
@@ -109,12 +109,12 @@ impl Reconciler {
     }
 
     /// Ports with a pending write whose APPL_DB presence is not known yet.
-    pub fn presence_unknown(&self, pending: &HashMap<PortName, Pending>) -> Vec<PortName> {
+    pub fn presence_unknown(&self, pending: &PortMap<Pending>) -> Vec<PortName> {
         pending.iter().filter(|(n, p)| p.state.is_some() && !self.appl_known.contains(*n)).map(|(n, _)| *n).collect()
     }
 
     /// Turns pending changes into operations. `present` answers [`Self::presence_unknown`].
-    pub fn plan(&mut self, pending: HashMap<PortName, Pending>, present: &HashSet<PortName>) -> Plan {
+    pub fn plan(&mut self, pending: PortMap<Pending>, present: &PortSet) -> Plan {
         let mut plan = Plan::default();
         for (name, p) in pending {
             match p.state {
@@ -171,7 +171,7 @@ impl Reconciler {
     /// those that may be deleted (their row is known to be of this boot, so the netdev really
     /// went away) and those kept (a row restored from before a reboot, or of unknown origin:
     /// its netdev may still be created; the C++ daemon deletes only on RTM_DELLINK).
-    pub fn vanished(&self, dumped: &HashSet<PortName>) -> Vanished {
+    pub fn vanished(&self, dumped: &PortSet) -> Vanished {
         let mut v = Vanished::default();
         for n in self.published.iter().filter(|n| !dumped.contains(*n)) {
             if self.provable.contains(n) {
@@ -236,77 +236,81 @@ mod tests {
 
     #[test]
     fn unknown_ports_are_checked_once_and_absent_ones_written_nothing() {
-        let mut r = Reconciler::new(["Ethernet0".to_owned(), "Ethernet4".to_owned()].into());
-        let pending: HashMap<_, _> = [(n("Ethernet0"), set(true, 9100)), (n("Ethernet4"), set(true, 9100))].into();
+        let mut r = Reconciler::new(["Ethernet0".to_owned(), "Ethernet4".to_owned()].into_iter().collect());
+        let pending: PortMap<_> =
+            [(n("Ethernet0"), set(true, 9100)), (n("Ethernet4"), set(true, 9100))].into_iter().collect();
         let mut unknown = r.presence_unknown(&pending);
         unknown.sort();
         assert_eq!(unknown, [n("Ethernet0"), n("Ethernet4")]);
-        let plan = r.plan(pending, &[n("Ethernet0")].into());
+        let plan = r.plan(pending, &[n("Ethernet0")].into_iter().collect());
         assert_eq!(plan.ops.len(), 1);
         assert_eq!(plan.not_in_appl, [n("Ethernet4")]);
         r.commit(&plan);
         assert_eq!(r.unseen_ports().iter().collect::<Vec<_>>(), ["Ethernet4"]);
         assert!(!r.port_init_due());
         // Ethernet0 is now known present: no second check.
-        let pending: HashMap<_, _> = [(n("Ethernet0"), set(false, 9100))].into();
+        let pending: PortMap<_> = [(n("Ethernet0"), set(false, 9100))].into_iter().collect();
         assert!(r.presence_unknown(&pending).is_empty());
     }
 
     #[test]
     fn unchanged_state_is_not_written_again_but_counts_as_seen() {
-        let mut r = Reconciler::new(["Ethernet0".to_owned()].into());
-        let present: HashSet<_> = [n("Ethernet0")].into();
-        r.set_baseline([(n("Ethernet0"), set(true, 9100).state.unwrap())].into(), &HashSet::new());
-        let plan = r.plan([(n("Ethernet0"), set(true, 9100))].into(), &present);
+        let mut r = Reconciler::new(["Ethernet0".to_owned()].into_iter().collect());
+        let present: PortSet = [n("Ethernet0")].into_iter().collect();
+        r.set_baseline([(n("Ethernet0"), set(true, 9100).state.unwrap())].into_iter().collect(), &PortSet::default());
+        let plan = r.plan([(n("Ethernet0"), set(true, 9100))].into_iter().collect(), &present);
         assert!(plan.ops.is_empty());
         assert_eq!(plan.unchanged, [n("Ethernet0")]);
         assert!(r.port_init_due());
         r.mark_port_init_done();
         assert!(!r.port_init_due());
         // A changed mtu is written.
-        let plan = r.plan([(n("Ethernet0"), set(true, 1500))].into(), &present);
+        let plan = r.plan([(n("Ethernet0"), set(true, 1500))].into_iter().collect(), &present);
         assert_eq!(plan.ops.len(), 1);
     }
 
     #[test]
     fn deletes_are_always_issued_and_forget_presence() {
         let mut r = Reconciler::new(BTreeSet::new());
-        let present: HashSet<_> = [n("Ethernet0")].into();
-        let plan = r.plan([(n("Ethernet0"), set(true, 9100))].into(), &present);
+        let present: PortSet = [n("Ethernet0")].into_iter().collect();
+        let plan = r.plan([(n("Ethernet0"), set(true, 9100))].into_iter().collect(), &present);
         r.commit(&plan);
         let del = Pending { state: None, ..set(true, 0) };
-        let plan = r.plan([(n("Ethernet0"), del)].into(), &HashSet::new());
+        let plan = r.plan([(n("Ethernet0"), del)].into_iter().collect(), &PortSet::default());
         assert!(matches!(plan.ops[0].0, Op::Delete { .. }));
         r.commit(&plan);
         assert!(r.written().is_empty());
-        assert_eq!(r.presence_unknown(&[(n("Ethernet0"), set(true, 1))].into()), [n("Ethernet0")]);
+        assert_eq!(r.presence_unknown(&[(n("Ethernet0"), set(true, 1))].into_iter().collect()), [n("Ethernet0")]);
     }
 
     #[test]
     fn vanished_ports_and_forget_redis() {
         let mut r = Reconciler::new(BTreeSet::new());
-        let all: HashSet<_> = [n("Ethernet0"), n("Ethernet4")].into();
+        let all: PortSet = [n("Ethernet0"), n("Ethernet4")].into_iter().collect();
         r.set_baseline(
-            [(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())].into(),
+            [(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())]
+                .into_iter()
+                .collect(),
             &all,
         );
-        assert_eq!(r.vanished(&[n("Ethernet0")].into()).delete, [n("Ethernet4")]);
+        assert_eq!(r.vanished(&[n("Ethernet0")].into_iter().collect()).delete, [n("Ethernet4")]);
         r.forget_redis();
         assert!(r.written().is_empty());
         // What we published is still known, so a port that vanished during an outage is found.
-        assert_eq!(r.vanished(&[n("Ethernet0")].into()).delete, [n("Ethernet4")]);
+        assert_eq!(r.vanished(&[n("Ethernet0")].into_iter().collect()).delete, [n("Ethernet4")]);
         // After forgetting, even an identical state is written again.
-        let plan = r.plan([(n("Ethernet0"), set(true, 1))].into(), &[n("Ethernet0")].into());
+        let plan =
+            r.plan([(n("Ethernet0"), set(true, 1))].into_iter().collect(), &[n("Ethernet0")].into_iter().collect());
         assert_eq!(plan.ops.len(), 1);
     }
 
     #[test]
     fn delete_first_forces_a_write_even_when_unchanged() {
         let mut r = Reconciler::new(BTreeSet::new());
-        r.set_baseline([(n("Ethernet0"), set(true, 1).state.unwrap())].into(), &HashSet::new());
+        r.set_baseline([(n("Ethernet0"), set(true, 1).state.unwrap())].into_iter().collect(), &PortSet::default());
         let mut p = set(true, 1);
         p.delete_first = true;
-        let plan = r.plan([(n("Ethernet0"), p)].into(), &[n("Ethernet0")].into());
+        let plan = r.plan([(n("Ethernet0"), p)].into_iter().collect(), &[n("Ethernet0")].into_iter().collect());
         assert!(matches!(plan.ops[0].0, Op::Write { delete_first: true, .. }));
     }
 
@@ -315,21 +319,25 @@ mod tests {
         let mut r = Reconciler::new(BTreeSet::new());
         // Restored rows (a system warm reboot, or STATE_DB read without a state file of this boot).
         r.set_baseline(
-            [(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())].into(),
-            &[n("Ethernet4")].into(),
+            [(n("Ethernet0"), set(true, 1).state.unwrap()), (n("Ethernet4"), set(true, 1).state.unwrap())]
+                .into_iter()
+                .collect(),
+            &[n("Ethernet4")].into_iter().collect(),
         );
-        let v = r.vanished(&HashSet::new());
+        let v = r.vanished(&PortSet::default());
         assert_eq!((v.delete, v.keep), (vec![n("Ethernet4")], vec![n("Ethernet0")]));
         // Once we write Ethernet0 ourselves, its row is of this boot.
-        let plan = r.plan([(n("Ethernet0"), set(false, 1))].into(), &[n("Ethernet0")].into());
+        let plan =
+            r.plan([(n("Ethernet0"), set(false, 1))].into_iter().collect(), &[n("Ethernet0")].into_iter().collect());
         r.commit_op(&plan.ops[0].0);
-        assert_eq!(r.vanished(&HashSet::new()).delete, [n("Ethernet0"), n("Ethernet4")]);
+        assert_eq!(r.vanished(&PortSet::default()).delete, [n("Ethernet0"), n("Ethernet4")]);
     }
 
     #[test]
     fn a_port_counts_as_seen_when_its_write_is_planned_whatever_the_outcome() {
-        let mut r = Reconciler::new(["Ethernet0".to_owned()].into());
-        let plan = r.plan([(n("Ethernet0"), set(true, 1))].into(), &[n("Ethernet0")].into());
+        let mut r = Reconciler::new(["Ethernet0".to_owned()].into_iter().collect());
+        let plan =
+            r.plan([(n("Ethernet0"), set(true, 1))].into_iter().collect(), &[n("Ethernet0")].into_iter().collect());
         assert_eq!(plan.ops.len(), 1);
         // Not committed (Redis refused it), yet PortInitDone is not held back by it.
         assert!(r.port_init_due());

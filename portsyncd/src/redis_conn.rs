@@ -231,9 +231,9 @@ impl DbConn {
 
     /// Runs `pipe` returning each reply as a raw value, so that one command's error reply (see
     /// [`Refusal::from_value`]) does not fail the others. Only a lost connection fails the call.
-    /// A NOSCRIPT reply reloads the scripts and runs the pipeline once more.
-    pub async fn query_raw(&mut self, what: &'static str, pipe: &redis::Pipeline) -> Result<Vec<Value>, WriteError> {
-        let mut pipe = pipe.clone();
+    /// A NOSCRIPT reply reloads the scripts and runs the pipeline once more. Takes the pipeline
+    /// by value: a storm's is a thousand commands, not worth a copy.
+    pub async fn query_raw(&mut self, what: &'static str, mut pipe: redis::Pipeline) -> Result<Vec<Value>, WriteError> {
         pipe.ignore_errors();
         let replies: Vec<Value> = self.run(what, &pipe).await?;
         if !replies.iter().any(is_noscript_value) {

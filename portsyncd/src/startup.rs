@@ -192,7 +192,7 @@ async fn read_config_ports(
         pipe.hgetall(k);
     }
     // Read as raw values so that one malformed entry (WRONGTYPE) does not fail the others.
-    let replies: Vec<redis::Value> = config.query_raw("HGETALL PORT", &pipe).await?;
+    let replies: Vec<redis::Value> = config.query_raw("HGETALL PORT", pipe).await?;
     let mut ports = Vec::new();
     let mut malformed = Vec::new();
     for (key, reply) in keys.iter().zip(replies) {

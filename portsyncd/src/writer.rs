@@ -72,7 +72,7 @@ impl Writer {
         for n in names {
             pipe.cmd("HMGET").arg(format!("{PORT_TABLE}{}{n}", self.state_sep)).arg(&STATE_FIELDS[..]);
         }
-        let replies = self.state.query_raw("HMGET STATE_DB PORT_TABLE", &pipe).await?;
+        let replies = self.state.query_raw("HMGET STATE_DB PORT_TABLE", pipe).await?;
         Ok(replies
             .into_iter()
             .map(|v| {
@@ -103,7 +103,7 @@ impl PortStore for Writer {
         for n in names {
             pipe.exists(format!("{PORT_TABLE}{}{n}", self.appl_sep));
         }
-        let replies = self.appl.query_raw("EXISTS PORT_TABLE", &pipe).await?;
+        let replies = self.appl.query_raw("EXISTS PORT_TABLE", pipe).await?;
         Ok(replies
             .iter()
             .map(|v| match Refusal::from_value(v) {
@@ -127,7 +127,19 @@ impl PortStore for Writer {
                     if delete_first {
                         pipe.del(&key);
                     }
-                    pipe.hset_multiple(key, &state.fields());
+                    // HSET with every field, as swss-common's Table::set sends it; borrowed
+                    // values (the mtu is formatted by redis-rs), so no allocation per field.
+                    let updown = |b: bool| if b { "up" } else { "down" };
+                    pipe.cmd("HSET")
+                        .arg(key)
+                        .arg(STATE_FIELDS[0])
+                        .arg("ok")
+                        .arg(STATE_FIELDS[1])
+                        .arg(updown(state.oper_up))
+                        .arg(STATE_FIELDS[2])
+                        .arg(updown(state.admin_up))
+                        .arg(STATE_FIELDS[3])
+                        .arg(state.mtu);
                     shape.push(1 + usize::from(delete_first));
                 }
                 Op::Delete { name } => {
@@ -136,7 +148,7 @@ impl PortStore for Writer {
                 }
             }
         }
-        let replies = self.state.query_raw("STATE_DB PORT_TABLE writes", &pipe).await?;
+        let replies = self.state.query_raw("STATE_DB PORT_TABLE writes", pipe).await?;
         // Every reply of an op is consumed (DEL + HSET give two) so the next op's stay aligned;
         // the op is refused if any of its commands was.
         let mut it = replies.iter();
@@ -158,7 +170,7 @@ impl PortStore for Writer {
         let mut pipe = redis::pipe();
         let fields = [("lanes".to_owned(), "0".to_owned())];
         self.producer.add_set(&mut pipe, [(PORT_INIT_DONE, &fields[..])]);
-        let replies = self.appl.query_raw("PortInitDone", &pipe).await?;
+        let replies = self.appl.query_raw("PortInitDone", pipe).await?;
         Ok(replies.first().map_or(Ok(()), reply))
     }
 }

@@ -3,7 +3,6 @@
 //! lives in [`deletions`]: a row goes only on RTM_DELLINK, or when its port is absent from a
 //! complete, consistent dump and its row is known to be of this kernel boot.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use portsyncd_common::{origin, PortEvent, RTM_DELLINK};
@@ -11,7 +10,7 @@ use portsyncd_common::{origin, PortEvent, RTM_DELLINK};
 use super::{Daemon, Eoiu};
 use crate::clock::monotonic_ns;
 use crate::error::Error;
-use crate::linksync::{classify, PortName, Verdict};
+use crate::linksync::{classify, PortName, PortSet, Verdict};
 use crate::netlink::admin::set_down;
 use crate::netlink::dump::{dump_links, Dump, DumpEnd, DumpOptions};
 use crate::reconcile::Vanished;
@@ -44,10 +43,10 @@ pub(super) fn deletions(vanished: Vanished, complete: bool) -> Vanished {
 /// The ports of a warm baseline that may be deleted when absent from a dump: those listed by a
 /// state file saved during this boot, unless the system itself warm-rebooted (then every row
 /// was restored from before the reboot, whatever a file says).
-pub(super) fn provable_baseline(loaded: Option<&LoadedState>, system_warm: bool) -> HashSet<PortName> {
+pub(super) fn provable_baseline(loaded: Option<&LoadedState>, system_warm: bool) -> PortSet {
     match loaded {
         Some(l) if l.same_boot && !system_warm => l.ports.keys().filter_map(|n| PortName::new(n.as_bytes())).collect(),
-        _ => HashSet::new(),
+        _ => PortSet::default(),
     }
 }
 
@@ -162,8 +161,8 @@ impl Daemon {
     }
 
     /// Feeds a dump into the coalescer; returns the port names it contained.
-    fn push_dump(&mut self, links: &[PortEvent]) -> HashSet<PortName> {
-        let mut names = HashSet::new();
+    fn push_dump(&mut self, links: &[PortEvent]) -> PortSet {
+        let mut names = PortSet::default();
         for ev in links {
             if let Verdict::Set { name, .. } = classify(ev, &self.old_ifindexes) {
                 if self.pipeline.coalescer.partition().owns(&name) {
@@ -178,7 +177,7 @@ impl Daemon {
 
     /// Ports we hold state for that the dump does not contain: deleted if the dump and their
     /// rows prove the netdev is gone, kept otherwise (see [`deletions`]).
-    fn apply_vanished(&mut self, dump: &Dump, dumped: &HashSet<PortName>, kind: DumpKind) {
+    fn apply_vanished(&mut self, dump: &Dump, dumped: &PortSet, kind: DumpKind) {
         let v = deletions(self.pipeline.reconciler.vanished(dumped), dump.is_complete());
         if !v.keep.is_empty() {
             self.counters.vanished_kept += v.keep.len() as u64;
@@ -209,9 +208,9 @@ impl Daemon {
     /// Warm start: what STATE_DB holds is the file's content when it was written at a clean
     /// shutdown of this boot; otherwise (crash, kill -9, no file, another boot) STATE_DB itself
     /// is read. Only rows a same-boot file lists may later be deleted for absence.
-    async fn set_warm_baseline(&mut self, loaded: Option<LoadedState>, dumped: &HashSet<PortName>) {
+    async fn set_warm_baseline(&mut self, loaded: Option<LoadedState>, dumped: &PortSet) {
         let provable = provable_baseline(loaded.as_ref(), self.startup.system_warm);
-        let mut names: HashSet<PortName> = dumped.clone();
+        let mut names: PortSet = dumped.clone();
         match loaded {
             Some(l) if l.clean_shutdown && l.same_boot && !self.startup.system_warm => {
                 tracing::info!(ports = l.ports.len(), "warm start: baseline from the clean-shutdown state file");
@@ -325,7 +324,7 @@ mod tests {
 
     #[test]
     fn only_a_same_boot_state_file_outside_a_system_warm_reboot_proves_rows() {
-        assert_eq!(provable_baseline(Some(&loaded(true)), false), [n("Ethernet0")].into());
+        assert_eq!(provable_baseline(Some(&loaded(true)), false), [n("Ethernet0")].into_iter().collect());
         assert!(provable_baseline(Some(&loaded(false)), false).is_empty(), "another boot");
         assert!(provable_baseline(Some(&loaded(true)), true).is_empty(), "system warm reboot");
         assert!(provable_baseline(None, false).is_empty(), "rows of unknown origin");

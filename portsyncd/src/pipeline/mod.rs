@@ -6,12 +6,11 @@
 pub mod retry;
 pub mod store;
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::batch::{Coalescer, Pending};
 use crate::clock::monotonic_ns;
-use crate::linksync::PortName;
+use crate::linksync::{PortMap, PortName, PortSet};
 use crate::metrics::latency::LatencyRecorder;
 use crate::metrics::Counters;
 use crate::reconcile::{Op, Reconciler};
@@ -29,7 +28,7 @@ pub struct Pipeline {
     /// Changes Redis refused, waiting for their retry.
     pub retry: RetryQueue,
     /// Ifindex of each port we wrote, for the warm-restart file.
-    pub ifindexes: HashMap<PortName, u32>,
+    pub ifindexes: PortMap<u32>,
     /// PortInitDone was refused: retry not before this, with this many refusals so far.
     init_retry: Option<(Instant, u32)>,
     backoff: Backoff,
@@ -42,7 +41,7 @@ impl Pipeline {
             coalescer: Coalescer::new(),
             reconciler,
             retry: RetryQueue::new(backoff),
-            ifindexes: HashMap::new(),
+            ifindexes: PortMap::default(),
             init_retry: None,
             backoff,
         }
@@ -124,7 +123,7 @@ impl Pipeline {
             counters.redis_commands += unknown.len() as u64;
             counters.redis_round_trips += 1;
         }
-        let mut known = std::collections::HashSet::new();
+        let mut known = PortSet::default();
         for (name, r) in unknown.iter().zip(present) {
             match r {
                 Ok(true) => {
@@ -228,7 +227,7 @@ impl Pipeline {
     }
 
     /// Puts changes back after a lost connection, under any newer ones.
-    fn restore(&mut self, changes: HashMap<PortName, Pending>) {
+    fn restore(&mut self, changes: PortMap<Pending>) {
         for (name, p) in changes {
             self.coalescer.restore(name, p);
         }

@@ -2,11 +2,10 @@
 //! its own exponential backoff, newer kernel changes for it are folded into the held change, and
 //! the WARN naming it is rate-limited. Nothing here touches other ports.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::batch::Pending;
-use crate::linksync::PortName;
+use crate::linksync::{PortMap, PortName};
 use crate::redis_conn::Refusal;
 
 /// At most one WARN per port per this period while it keeps being refused.
@@ -54,7 +53,7 @@ pub struct Warn {
 /// The refused ports.
 #[derive(Debug)]
 pub struct RetryQueue {
-    entries: HashMap<PortName, Entry>,
+    entries: PortMap<Entry>,
     backoff: Backoff,
 }
 
@@ -72,7 +71,7 @@ pub fn fold(older: Pending, newer: Pending) -> Pending {
 impl RetryQueue {
     /// An empty queue.
     pub fn new(backoff: Backoff) -> Self {
-        Self { entries: HashMap::new(), backoff }
+        Self { entries: PortMap::default(), backoff }
     }
 
     /// Ports waiting for a retry (in flight included).
@@ -103,7 +102,7 @@ impl RetryQueue {
 
     /// Takes the held changes whose retry is due; their entries stay (in flight) until
     /// [`Self::succeeded`] or [`Self::refused`].
-    pub fn take_due(&mut self, now: Instant, out: &mut HashMap<PortName, Pending>) {
+    pub fn take_due(&mut self, now: Instant, out: &mut PortMap<Pending>) {
         for (name, e) in &mut self.entries {
             if e.due <= now {
                 if let Some(p) = e.pending.take() {
@@ -207,7 +206,7 @@ mod tests {
         let t0 = Instant::now();
         let mut q = RetryQueue::new(Backoff { min: 100 * MS, max: 1000 * MS });
         assert!(q.refused(n("Ethernet8"), set(true, 5), refusal("WRONGTYPE"), t0).is_some());
-        let mut out = HashMap::new();
+        let mut out = PortMap::default();
         q.take_due(t0 + 50 * MS, &mut out);
         assert!(out.is_empty(), "not due before its backoff");
         assert!(!q.hold(n("Ethernet0"), set(true, 6)), "other ports are not held");
@@ -227,7 +226,7 @@ mod tests {
         let mut q = RetryQueue::new(Backoff { min: 100 * MS, max: 1000 * MS });
         q.refused(n("Ethernet8"), set(true, 5), refusal("OOM"), t0);
         assert!(q.hold(n("Ethernet8"), set(false, 9)));
-        let mut out = HashMap::new();
+        let mut out = PortMap::default();
         q.take_due(t0 + 100 * MS, &mut out);
         let p = out[&n("Ethernet8")];
         assert_eq!(p.state.map(|s| s.admin_up), Some(false), "the newest state wins");
@@ -235,7 +234,7 @@ mod tests {
         // A change arriving while the retry is in flight is kept for the next round.
         assert!(q.hold(n("Ethernet8"), set(true, 11)));
         q.refused(n("Ethernet8"), p, refusal("OOM"), t0 + 100 * MS);
-        let mut out = HashMap::new();
+        let mut out = PortMap::default();
         q.take_due(t0 + 10_000 * MS, &mut out);
         assert_eq!(out[&n("Ethernet8")].state.map(|s| s.admin_up), Some(true));
     }
@@ -264,7 +263,7 @@ mod tests {
         q.refused(n("Ethernet0"), set(true, 1), refusal("MISCONF"), t0);
         q.refused(n("Ethernet8"), set(true, 1), refusal("WRONGTYPE"), t0);
         q.expedite_server_wide(t0 + MS);
-        let mut out = HashMap::new();
+        let mut out = PortMap::default();
         q.take_due(t0 + MS, &mut out);
         assert_eq!(out.keys().collect::<Vec<_>>(), [&n("Ethernet0")]);
     }

@@ -6,15 +6,15 @@ pub mod metrics;
 pub mod saver;
 pub mod state_file;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use crate::linksync::{PortName, PortState};
+use crate::linksync::{PortMap, PortName, PortSet, PortState};
 use crate::redis_conn::{DbConn, WriteError};
 use crate::sonic_db::{SonicDbs, PORT_TABLE};
 use state_file::PortRecord;
 
 /// The file's records as reconcile baseline.
-pub fn baseline_from_records(records: &BTreeMap<String, PortRecord>) -> HashMap<PortName, PortState> {
+pub fn baseline_from_records(records: &BTreeMap<String, PortRecord>) -> PortMap<PortState> {
     records
         .iter()
         .filter_map(|(name, r)| {
@@ -27,7 +27,7 @@ pub fn baseline_from_records(records: &BTreeMap<String, PortRecord>) -> HashMap<
 /// What we wrote, as file records.
 pub fn records_from_state(
     written: &BTreeMap<String, PortState>,
-    ifindexes: &HashMap<PortName, u32>,
+    ifindexes: &PortMap<u32>,
 ) -> BTreeMap<String, PortRecord> {
     written
         .iter()
@@ -48,14 +48,14 @@ pub async fn baseline_from_state_db(
     dbs: &SonicDbs,
     names: &[PortName],
     timeout: std::time::Duration,
-) -> Result<HashMap<PortName, PortState>, WriteError> {
+) -> Result<PortMap<PortState>, WriteError> {
     let mut conn = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout);
     let mut found: Vec<Vec<String>> = Vec::new();
     for prefix in crate::linksync::PORT_PREFIXES {
         found.push(scan_keys(&mut conn, &format!("{}*", dbs.state.key(PORT_TABLE, prefix))).await?);
     }
     let key_prefix = dbs.state.key(PORT_TABLE, "");
-    let mut all: std::collections::HashSet<PortName> = names.iter().copied().collect();
+    let mut all: PortSet = names.iter().copied().collect();
     all.extend(found.iter().flatten().filter_map(|k| PortName::new(k.strip_prefix(&key_prefix)?.as_bytes())));
     let names: Vec<PortName> = all.into_iter().collect();
     let mut pipe = redis::pipe();
@@ -63,7 +63,7 @@ pub async fn baseline_from_state_db(
         pipe.cmd("HMGET").arg(dbs.state.key(PORT_TABLE, n.as_str())).arg(&crate::writer::STATE_FIELDS[..]);
     }
     if names.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(PortMap::default());
     }
     let rows: Vec<Vec<Option<String>>> = conn.query("HMGET STATE_DB PORT_TABLE", &pipe).await?;
     Ok(names.iter().zip(rows).filter_map(|(n, row)| Some((*n, parse_row(&row)?))).collect())
@@ -128,7 +128,7 @@ mod tests {
         let n = PortName::new(b"Ethernet0").unwrap();
         let written: BTreeMap<String, PortState> =
             [("Ethernet0".to_owned(), PortState { admin_up: true, oper_up: true, mtu: 9100 })].into();
-        let recs = records_from_state(&written, &[(n, 7)].into());
+        let recs = records_from_state(&written, &[(n, 7)].into_iter().collect());
         assert_eq!(recs["Ethernet0"].ifindex, 7);
         assert_eq!(recs["Ethernet0"].flags, 0x41);
         assert_eq!(baseline_from_records(&recs)[&n], written["Ethernet0"]);
