@@ -10,8 +10,9 @@
 //! Developer override: with `RUST_LOG` set, lines go to stderr filtered by it, and CONFIG_DB's
 //! LOGGER settings are only recorded (SONiC never sets `RUST_LOG`).
 //!
-//! On a multi-ASIC switch every line ends in ` namespace=asicN` ([`crate::netns::label`]), a
-//! field like tracing's own, so the ident and the swss message texts stay as they are.
+//! On a multi-ASIC switch every line ends in ` namespace=asicN` ([`crate::netns::label`]), and
+//! with several instances in ` instance=N` ([`set_line_fields`]): fields like tracing's own, so
+//! the ident and the swss message texts stay as they are.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
@@ -219,8 +220,8 @@ impl Drop for SyslogLine {
     fn drop(&mut self) {
         let msg = String::from_utf8_lossy(&self.buf);
         let mut datagram = format!("<{}>{}: {}", self.pri, crate::sonic_db::APP_NAME, msg.trim_end());
-        if let Some(ns) = crate::netns::label() {
-            push_label(&mut datagram, ns);
+        if let Some(fields) = line_fields() {
+            push_label(&mut datagram, fields);
         }
         let Ok(mut syslog) = self.shared.syslog.lock() else { return };
         for _ in 0..2 {
@@ -268,18 +269,42 @@ impl<'a> MakeWriter<'a> for SyslogWriter {
     }
 }
 
-/// Appends the namespace field to one line (the text without its newline).
-fn push_label(line: &mut String, namespace: &str) {
-    line.push(' ');
-    line.push_str(crate::netns::LABEL);
-    line.push('=');
-    line.push_str(namespace);
+/// The fields every line ends with (`namespace=asic0 instance=2`), once set; `None` on a
+/// single-ASIC switch with one instance, where lines are left as they are.
+static LINE_FIELDS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sets the fields every line ends with: the ASIC namespace label and, when several instances
+/// share the ports, this instance's id (syslog lines carry no pid to tell instances apart).
+/// The first call wins.
+pub fn set_line_fields(namespace: Option<&str>, instance: Option<u16>) {
+    let _ = LINE_FIELDS.get_or_init(|| line_fields_from(namespace, instance));
 }
 
-/// A formatted line (ending in a newline) with the namespace field before its newline.
-fn labelled_line(formatted: &[u8], namespace: &str) -> String {
+fn line_fields_from(namespace: Option<&str>, instance: Option<u16>) -> Option<String> {
+    let mut fields = Vec::new();
+    if let Some(ns) = namespace {
+        fields.push(format!("{}={ns}", crate::netns::LABEL));
+    }
+    if let Some(id) = instance {
+        fields.push(format!("instance={id}"));
+    }
+    (!fields.is_empty()).then(|| fields.join(" "))
+}
+
+fn line_fields() -> Option<&'static str> {
+    LINE_FIELDS.get().and_then(|f| f.as_deref())
+}
+
+/// Appends the fields to one line (the text without its newline).
+fn push_label(line: &mut String, fields: &str) {
+    line.push(' ');
+    line.push_str(fields);
+}
+
+/// A formatted line (ending in a newline) with the fields before its newline.
+fn labelled_line(formatted: &[u8], fields: &str) -> String {
     let mut line = String::from_utf8_lossy(formatted).trim_end_matches('\n').to_owned();
-    push_label(&mut line, namespace);
+    push_label(&mut line, fields);
     line.push('\n');
     line
 }
@@ -346,7 +371,7 @@ impl<'a> MakeWriter<'a> for StdWriter {
             Output::Stdout => StdTarget::Out(std::io::stdout()),
             _ => StdTarget::Err(std::io::stderr()),
         };
-        StdLine { target, label: crate::netns::label(), buf: Vec::new() }
+        StdLine { target, label: line_fields(), buf: Vec::new() }
     }
 }
 
@@ -506,10 +531,16 @@ mod tests {
     #[test]
     fn the_namespace_field_ends_the_line_and_leaves_the_message_alone() {
         let mut line = "<13>portsyncd: Publish Ethernet0(ok:up) to state db".to_owned();
-        push_label(&mut line, "asic1");
+        push_label(&mut line, "namespace=asic1");
         assert_eq!(line, "<13>portsyncd: Publish Ethernet0(ok:up) to state db namespace=asic1");
-        assert_eq!(labelled_line(b"INFO x: message key=1\n", "asic1"), "INFO x: message key=1 namespace=asic1\n");
-        assert_eq!(labelled_line(b"a\nb\n", "asic1"), "a\nb namespace=asic1\n", "once per event");
+        assert_eq!(
+            labelled_line(b"INFO x: message key=1\n", "namespace=asic1"),
+            "INFO x: message key=1 namespace=asic1\n"
+        );
+        assert_eq!(labelled_line(b"a\nb\n", "namespace=asic1"), "a\nb namespace=asic1\n", "once per event");
+        assert_eq!(line_fields_from(Some("asic1"), Some(2)).as_deref(), Some("namespace=asic1 instance=2"));
+        assert_eq!(line_fields_from(None, Some(0)).as_deref(), Some("instance=0"));
+        assert_eq!(line_fields_from(None, None), None, "single ASIC, one instance: lines unchanged");
     }
 
     #[test]

@@ -49,7 +49,8 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = Config::from_args(args)?;
-    portsyncd::netns::init_label(cfg.namespace.as_deref());
+    let namespace = portsyncd::netns::init_label(cfg.namespace.as_deref());
+    portsyncd::logging::set_line_fields(namespace, (cfg.instances > 1).then_some(cfg.instance_id));
     // Before the runtime exists: setns moves only this thread, and the runtime's threads and
     // every socket must start out in the ASIC's namespace.
     portsyncd::netns::enter_host_mode(&mut cfg)?;

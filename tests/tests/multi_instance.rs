@@ -239,6 +239,14 @@ fn scenario_four_instances_split_the_ports(mode: Capture) {
         }
     }
     eprintln!("events handled per instance ({mode}): {handled:?}");
+    // Every log line says which instance wrote it (syslog lines carry no pid).
+    for id in 0..INSTANCES {
+        let log = c.daemon(id).log();
+        let publish: Vec<&str> = log.lines().filter(|l| l.contains("Publish Ethernet")).collect();
+        assert!(!publish.is_empty(), "instance {id} logged its writes");
+        let field = format!(" instance={id}");
+        assert!(publish.iter().all(|l| l.ends_with(&field)), "instance {id}: {:?}", publish.first());
+    }
     // Each instance exports its own component stats.
     wait_for(DEFAULT_TIMEOUT, "PORTSYNCD_STATS of every instance in COUNTERS_DB", || {
         let keys = portsyncd_e2e::db::keys(&mut c.fx.redis.conn(2), "PORTSYNCD_STATS:instance*:counters");
