@@ -123,7 +123,8 @@ fn proc_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn now_ms() -> u64 {
+/// Unix time in ms (the registry's clock; every instance runs on the same host).
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -214,6 +215,9 @@ pub struct LeaderRecord {
     pub generation: String,
     /// The ports that run waits for before `PortInitDone`.
     pub init_ports: BTreeSet<String>,
+    /// Unix ms at which the leader last read the instance records and gave up the ports range
+    /// and list shares claim (0: never).
+    pub claims_read_ms: u64,
 }
 
 impl LeaderRecord {
@@ -229,6 +233,7 @@ impl LeaderRecord {
             config_done: h.get("config_done").map(String::as_str) == Some("true"),
             generation: h.get("generation").cloned().unwrap_or_default(),
             init_ports: split_names(h.get("init_ports").map(String::as_str).unwrap_or("")).into_iter().collect(),
+            claims_read_ms: num("claims_read_ms"),
         })
     }
 
@@ -283,13 +288,15 @@ pub struct Registry {
     pub record: InstanceRecord,
     process: ProcessId,
     publications: u64,
+    /// Unix ms just after our record was first written (see [`Self::wait_for_claims_taken`]).
+    pub registered_ms: u64,
 }
 
 impl Registry {
     /// Not registered yet.
     pub fn new(dbs: &SonicDbs, record: InstanceRecord, timeout: Duration) -> Self {
         let conn = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout);
-        Self { conn, dbs: dbs.clone(), record, process: ProcessId::current(), publications: 0 }
+        Self { conn, dbs: dbs.clone(), record, process: ProcessId::current(), publications: 0, registered_ms: 0 }
     }
 
     /// Runs `pipe`, once more if the first attempt found the connection lost: after
@@ -355,6 +362,7 @@ impl Registry {
         self.record.generation = previous.as_ref().map(|p| p.generation.clone()).unwrap_or_default();
         self.record.share_seen = false;
         self.beat().await?;
+        self.registered_ms = now_ms();
         // Written first, read second: of two instances starting at once, each sees the other.
         let all = self.records().await?;
         if let Err(e) = check_peers(&self.record, &all, now_ms()) {
@@ -421,6 +429,36 @@ impl Registry {
                 Ok(l.generation)
             }
             _ => self.publish_run(&BTreeSet::new()).await,
+        }
+    }
+
+    /// Leader: the instance records read at `read_ms` are applied (claimed ports given up, in
+    /// the kernel filter too). A range or list instance starts only after this passes its
+    /// registration, so a port is never handled by both.
+    pub async fn leader_claims_read(&mut self, read_ms: u64) -> Result<(), WriteError> {
+        let mut pipe = redis::pipe();
+        pipe.hset(self.leader_key(), "claims_read_ms", read_ms.to_string()).ignore();
+        self.query::<()>("HSET leader claims_read_ms", &pipe).await
+    }
+
+    /// Range or list share: waits until the leader has read the instance records after
+    /// `registered_ms` (and so gave up our ports), keeping our record live meanwhile.
+    pub async fn wait_for_claims_taken(&mut self, registered_ms: u64) -> Result<(), WriteError> {
+        let started = std::time::Instant::now();
+        let mut said = None::<std::time::Instant>;
+        loop {
+            if self.leader().await?.is_some_and(|l| l.claims_read_ms > registered_ms) {
+                return Ok(());
+            }
+            if said.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
+                said = Some(std::time::Instant::now());
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "waiting for instance 0 to give up this share's ports"
+                );
+            }
+            self.beat().await?;
+            tokio::time::sleep(WAIT_POLL).await;
         }
     }
 

@@ -354,10 +354,17 @@ fn scenario_range_and_list_shares(mode: Capture) {
     for id in 0..3 {
         c.daemon(id).wait_ready();
     }
-    c.daemon(0).wait_log(DEFAULT_TIMEOUT, "the leader learned both claims", |log| {
-        log.lines().any(|l| l.contains("claims learned") && l.contains("instance=1 ports=2"))
-            && log.lines().any(|l| l.contains("claims learned") && l.contains("instance=2 ports=2"))
-    });
+    // A range or list instance starts only once the leader has given its ports up: by the time
+    // both are ready, the leader has learned both claims (no window in which two instances
+    // handle one port).
+    let log = c.daemon(0).log();
+    for id in [1, 2] {
+        let learned = format!("instance={id} ports=2");
+        assert!(
+            log.lines().any(|l| l.contains("claims learned") && l.contains(&learned)),
+            "the leader gave up instance {id}'s ports before it started:\n{log}"
+        );
+    }
     let mut opts_numbers = c.numbers.clone();
     // A port CONFIG_DB does not know yet (created later): the leader's.
     opts_numbers.push(40);

@@ -101,6 +101,11 @@ pub(super) async fn start(cfg: &Config, dbs: &SonicDbs) -> Result<(Startup, Part
         (startup, generation)
     } else {
         let leader = registry.wait_for_leader().await?;
+        if cfg.partition != PartitionSpec::Even {
+            // Until the leader gives our ports up, it still handles them.
+            let registered = registry.registered_ms;
+            registry.wait_for_claims_taken(registered).await?;
+        }
         let resume = previous.as_ref().is_some_and(|p| p.generation == leader.generation);
         // Restarted within a run whose PortInitDone this share already counted for: nothing
         // to wait for again (as a warm start waits for nothing).
@@ -185,6 +190,7 @@ impl Daemon {
             tracing::debug!(error = %e, "cannot write the leader's heartbeat; next tick");
             return;
         }
+        let read_ms = instances::now_ms();
         let records = match rt.registry.records().await {
             Ok(r) => r,
             Err(e) => {
@@ -196,8 +202,7 @@ impl Daemon {
         rt.waiting_for = instances::not_reported(&records, instances, &rt.generation);
         let mut partition_changed = false;
         if rt.learns_claims {
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let now = instances::now_ms();
             let mut partition = self.pipeline.coalescer.partition().clone();
             for r in records.iter().filter(|r| r.id != LEADER && r.is_live(now)) {
                 let names: Vec<PortName> = r.claims.iter().filter_map(|c| PortName::new(c.as_bytes())).collect();
@@ -217,6 +222,12 @@ impl Daemon {
                     }
                 }
                 self.pipeline.coalescer.set_partition(partition);
+            }
+            // Only now may a range or list instance that registered before `read_ms` start.
+            if let Some(rt) = self.instance.as_mut() {
+                if let Err(e) = rt.registry.leader_claims_read(read_ms).await {
+                    tracing::debug!(error = %e, "cannot acknowledge the instances' claims; next tick");
+                }
             }
         }
         let Some(rt) = self.instance.as_mut() else { return };
