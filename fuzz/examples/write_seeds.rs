@@ -37,6 +37,7 @@ fn main() -> io::Result<()> {
     write_target(&root, "netlink_parse", &datagrams)?;
     write_target(&root, "ebpf_event", &ring_records(&datagrams))?;
     write_target(&root, "database_config", &database_configs())?;
+    write_target(&root, "database_global", &database_globals())?;
     write_target(&root, "config_toml", &toml_configs())?;
     write_target(&root, "state_file", &state_files()?)?;
     Ok(())
@@ -251,6 +252,29 @@ fn ring_records(datagrams: &[Vec<u8>]) -> Vec<Vec<u8>> {
         out.push(first[..first.len() - 1].to_vec());
     }
     out
+}
+
+/// database_global.json as a multi-ASIC SONiC writes it (the host's entry without namespace,
+/// one per ASIC), and shapes around it.
+fn database_globals() -> Vec<Vec<u8>> {
+    let sonic = r#"{
+    "INCLUDES": [
+        {"include": "../../redis/sonic-db/database_config.json"},
+        {"namespace": "asic0", "include": "../../redis0/sonic-db/database_config.json", "container_name": "database0"},
+        {"namespace": "asic1", "include": "../../redis1/sonic-db/database_config.json", "container_name": "database1"}
+    ],
+    "VERSION": "1.0"
+}"#;
+    [
+        sonic,
+        r#"{"INCLUDES": [{"namespace": "asic0", "include": "/abs/database_config.json"}]}"#,
+        r#"{"INCLUDES": [{"namespace": "asic0", "include": ""}]}"#,
+        r#"{"INCLUDES": []}"#,
+        r#"{"INCLUDES": [{"include": "x.json"}], "VERSION": "1.0"}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
 }
 
 fn database_configs() -> Vec<Vec<u8>> {

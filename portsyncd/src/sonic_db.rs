@@ -303,9 +303,10 @@ pub fn namespace_database_config_text(global: &Path, text: &str, namespace: &str
         namespace: namespace.to_owned(),
         source,
     })?;
-    // An empty include would resolve to the directory itself; such an entry names no file.
-    let found =
-        file.includes.iter().find(|i| i.namespace.as_deref() == Some(namespace) && !i.include.trim().is_empty());
+    // An include without a file name (empty, `.`, `..`, `a/..`) resolves to a directory: such an
+    // entry names no file (found by the `database_global` fuzz target: `"."`).
+    let names_file = |i: &Include| Path::new(i.include.trim()).file_name().is_some();
+    let found = file.includes.iter().find(|i| i.namespace.as_deref() == Some(namespace) && names_file(i));
     let Some(entry) = found else {
         let known: Vec<&str> =
             file.includes.iter().filter_map(|i| i.namespace.as_deref()).filter(|n| !n.is_empty()).collect();
@@ -431,6 +432,12 @@ mod tests {
         }
         let e = namespace_database_config_text(global, r#"{"INCLUDES": []}"#, "asic0").unwrap_err();
         assert!(msg(e).contains("it has: none"));
+        // An include that resolves to a directory names no file either.
+        for dir_like in [".", "..", "./", "a/..", " "] {
+            let text = format!(r#"{{"INCLUDES": [{{"namespace": "asic0", "include": "{dir_like}"}}]}}"#);
+            let e = namespace_database_config_text(global, &text, "asic0").unwrap_err();
+            assert!(matches!(e, SonicDbError::NoNamespace { .. }), "{dir_like:?}: {e:?}");
+        }
         for bad in
             ["{not json", "{}", r#"{"INCLUDES": {"namespace": "asic0"}}"#, r#"{"INCLUDES": [{"namespace": "asic0"}]}"#]
         {

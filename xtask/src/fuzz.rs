@@ -18,7 +18,8 @@ use anyhow::{bail, Context};
 use xtask::{cargo, ensure_deps, run as run_cmd, workspace_root};
 
 /// Every fuzz target: one `[[bin]]` of `fuzz/Cargo.toml` and one `fuzz/corpus/<name>/` each.
-pub const TARGETS: [&str; 5] = ["netlink_parse", "ebpf_event", "database_config", "config_toml", "state_file"];
+pub const TARGETS: [&str; 6] =
+    ["netlink_parse", "ebpf_event", "database_config", "database_global", "config_toml", "state_file"];
 
 /// SanitizerCoverage as cargo-fuzz configures it, minus the nightly-only sanitizer: edge
 /// counters and the PC table (libFuzzer's coverage feedback) and comparison tracing (lets it
