@@ -3,17 +3,15 @@
 //! includes them in SONiC's directory layout; [`HostDaemon`] is portsyncd started on the host
 //! (not inside any namespace) with `--namespace`.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::daemon::{daemon_binary, RunOutput, Stats, READY_TIMEOUT};
+use crate::daemon::{Daemon, DaemonOpts, RunOutput, Stats};
 use crate::netns::{ip_bin, NetNs};
 use crate::orchagent::Orchagent;
 use crate::redis_server::RedisServer;
@@ -63,12 +61,7 @@ impl NsAlias {
 
 impl Drop for NsAlias {
     fn drop(&mut self) {
-        let _ = Command::new(ip_bin())
-            .args(["netns", "del", &self.name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        crate::netns::del_quietly(&self.name);
     }
 }
 
@@ -186,170 +179,77 @@ fn write_json(path: &Path, value: &serde_json::Value) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// Drops the runner's own `PORTSYNCD_*` (e.g. `PORTSYNCD_BIN`) and systemd's socket; plain
-/// stderr logging, as [`crate::Daemon`] does.
-fn clean_env(cmd: &mut Command) {
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PORTSYNCD_") {
-            cmd.env_remove(&k);
-        }
-    }
-    for k in ["NOTIFY_SOCKET", "NAMESPACE_ID", "NAMESPACE_PREFIX"] {
-        cmd.env_remove(k);
-    }
-    cmd.env("RUST_LOG", "info");
-    cmd.env("NO_COLOR", "1");
-}
-
 /// portsyncd started on the host (no `ip netns exec`) with `--namespace <asic>
-/// --database-global-config <file>`, a private stats/state directory and log; stopped (SIGTERM,
-/// then SIGKILL after 3 s) on drop, printing its log tail if the test is panicking.
+/// --database-global-config <file>`: a [`Daemon`] (private stats/state directory and log,
+/// stopped on drop, log tail printed if the test is panicking) that checks its capture mode.
 #[derive(Debug)]
 pub struct HostDaemon {
-    child: Child,
-    exit: Option<ExitStatus>,
+    daemon: Daemon,
     capture: Capture,
     namespace: String,
-    log: PathBuf,
-    stats: PathBuf,
-    // Last, so the directory outlives the process.
-    dir: TempDir,
 }
 
 impl HostDaemon {
     /// Starts the daemon for `asic` (not waited for; see [`HostDaemon::wait_ready`]).
     pub fn start(asic: &Asic, global: &GlobalConfig, capture: Capture, extra: &[&str]) -> Self {
-        let dir = tempfile::Builder::new().prefix("psd-hostd-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let stats = dir.path().join("stats.json");
-        let log = dir.path().join("portsyncd.log");
-        let logf = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let logf2 = logf.try_clone().unwrap_or_else(|e| panic!("dup log fd: {e}"));
-        let mut cmd = Command::new(daemon_binary());
-        cmd.args(["--namespace", asic.name(), "--database-global-config"])
-            .arg(global.path())
-            .arg("--stats-file")
-            .arg(&stats)
-            .arg("--state-file")
-            .arg(dir.path().join("state/port_state.json"))
-            .args(["--capture", capture.as_str()])
-            .args(extra);
-        clean_env(&mut cmd);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(logf))
-            .stderr(Stdio::from(logf2))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn portsyncd: {e}"));
-        HostDaemon { child, exit: None, capture, namespace: asic.name().to_owned(), log, stats, dir }
+        let opts = DaemonOpts::new(capture)
+            .on_host()
+            .redis_args([
+                "--namespace".to_owned(),
+                asic.name().to_owned(),
+                "--database-global-config".to_owned(),
+                global.path().display().to_string(),
+            ])
+            .args(extra.iter().copied());
+        let daemon = Daemon::start(&asic.ns, &asic.redis, opts);
+        HostDaemon { daemon, capture, namespace: asic.name().to_owned() }
     }
 
     /// Runs the binary on the host with exactly `args` until it exits or `timeout` passes (then
     /// it is killed and `status` is `None`).
     pub fn run_once(args: &[&str], timeout: Duration) -> RunOutput {
-        let dir = tempfile::Builder::new().prefix("psd-run-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-        let out = File::create(&out_path).unwrap_or_else(|e| panic!("create stdout file: {e}"));
-        let err = File::create(&err_path).unwrap_or_else(|e| panic!("create stderr file: {e}"));
-        let mut cmd = Command::new(daemon_binary());
-        cmd.args(args);
-        clean_env(&mut cmd);
-        let mut child = cmd
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn portsyncd: {e}"));
-        let status = wait_child(&mut child, timeout);
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        RunOutput {
-            status,
-            stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-            stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-        }
+        Daemon::run_once_on_host(args, timeout)
     }
 
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The directory holding stats, state file and log.
-    pub fn work_dir(&self) -> &Path {
-        self.dir.path()
+        self.daemon.pid()
     }
 
     /// Everything the daemon printed so far.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.daemon.log()
     }
 
     /// The current stats snapshot, if one was written.
     pub fn stats(&self) -> Option<Stats> {
-        let text = fs::read_to_string(&self.stats).ok()?;
-        serde_json::from_str(&text).ok().map(Stats)
+        self.daemon.stats()
     }
 
     /// Whether the process is still running (reaps it if not).
     pub fn is_running(&mut self) -> bool {
-        if self.exit.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(Some(st)) => {
-                self.exit = Some(st);
-                false
-            }
-            Ok(None) => true,
-            Err(_) => false,
-        }
+        self.daemon.is_running()
     }
 
-    /// Waits for `initial_sync_done` and checks that the daemon captures as asked; panics with
-    /// the log tail if it exits first or takes too long.
+    /// Waits for `initial_sync_done` and checks that the daemon captures as asked.
     pub fn wait_ready(&mut self) -> Stats {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.stats().filter(Stats::initial_sync_done) {
-                assert_eq!(
-                    s.capture_mode(),
-                    Some(self.capture.as_str()),
-                    "daemon for {} started with --capture {} reports {:?} (fallback reason {:?})",
-                    self.namespace,
-                    self.capture,
-                    s.capture_mode(),
-                    s.capture_fallback_reason()
-                );
-                return s;
-            }
-            if !self.is_running() {
-                panic!(
-                    "portsyncd -n {} exited ({:?}) before it was ready\n{}",
-                    self.namespace,
-                    self.exit,
-                    self.log_tail(30)
-                );
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                panic!("portsyncd -n {} not ready after {READY_TIMEOUT:?}\n{}", self.namespace, self.log_tail(30));
-            }
-            std::thread::sleep(crate::poll::POLL_INTERVAL);
-        }
+        let s = self.daemon.wait_ready();
+        assert_eq!(
+            s.capture_mode(),
+            Some(self.capture.as_str()),
+            "daemon for {} started with --capture {} reports {:?} (fallback reason {:?})",
+            self.namespace,
+            self.capture,
+            s.capture_mode(),
+            s.capture_fallback_reason()
+        );
+        s
     }
 
     /// The network namespace the process is in, as `/proc/<pid>/ns/net` names it
     /// (`net:[<inode>]`).
     pub fn netns_id(&self) -> String {
-        ns_id(&format!("/proc/{}/ns/net", self.child.id()))
+        ns_id(&format!("/proc/{}/ns/net", self.daemon.pid()))
     }
 }
 
@@ -361,37 +261,4 @@ pub fn ns_id(path: &str) -> String {
     }
     let ino = fs::metadata(path).map(|m| m.ino()).unwrap_or_else(|e| panic!("stat {path}: {e}"));
     format!("net:[{ino}]")
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Some(st),
-            Ok(None) if Instant::now() >= deadline => return None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(_) => return None,
-        }
-    }
-}
-
-impl Drop for HostDaemon {
-    fn drop(&mut self) {
-        if self.is_running() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            if wait_child(&mut self.child, Duration::from_secs(3)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- portsyncd -n {} (pid {}, exit {:?}) log tail ---\n{}",
-                self.namespace,
-                self.child.id(),
-                self.exit,
-                self.log_tail(60)
-            );
-        }
-    }
 }

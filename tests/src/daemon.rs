@@ -60,12 +60,29 @@ pub struct DaemonOpts {
     pub work_dir: Option<PathBuf>,
     /// The binary; [`daemon_binary`] when `None`.
     pub binary: Option<PathBuf>,
+    /// Run on the host, not under `ip netns exec` (host mode: the daemon enters a namespace
+    /// itself with `--namespace`).
+    pub on_host: bool,
 }
 
 impl DaemonOpts {
     /// Defaults for `capture`.
     pub fn new(capture: Capture) -> Self {
-        DaemonOpts { capture, extra_args: Vec::new(), env: Vec::new(), redis_args: None, work_dir: None, binary: None }
+        DaemonOpts {
+            capture,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            redis_args: None,
+            work_dir: None,
+            binary: None,
+            on_host: false,
+        }
+    }
+
+    /// Runs the binary on the host instead of in the test's namespace.
+    pub fn on_host(mut self) -> Self {
+        self.on_host = true;
+        self
     }
 
     /// Runs `path` instead of the default binary.
@@ -197,21 +214,41 @@ pub struct Daemon {
     work: WorkDir,
 }
 
+/// `bin args...` in `ns` (`ip netns exec`, which execs the binary in place, so the child's pid
+/// is the daemon's), or on the host when `ns` is `None`; with the environment cleaned.
+fn command(ns: Option<&NetNs>, bin: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new(ip_bin());
+            c.args(["netns", "exec", ns.name()]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(args);
+    clean_env(&mut cmd);
+    cmd
+}
+
 fn clean_env(cmd: &mut Command) {
-    // The test runner's own PORTSYNCD_* (e.g. PORTSYNCD_BIN) must not configure the daemon.
+    // The test runner's own PORTSYNCD_* (e.g. PORTSYNCD_BIN) must not configure the daemon, nor
+    // its systemd socket or multi-ASIC labels (tests that want them set them per daemon).
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("PORTSYNCD_") {
             cmd.env_remove(&k);
         }
     }
-    cmd.env_remove("NOTIFY_SOCKET");
+    for k in ["NOTIFY_SOCKET", "NAMESPACE_ID", "NAMESPACE_PREFIX"] {
+        cmd.env_remove(k);
+    }
     cmd.env("RUST_LOG", "info");
     // Plain log files (tracing-subscriber honours NO_COLOR).
     cmd.env("NO_COLOR", "1");
 }
 
 impl Daemon {
-    /// Starts portsyncd in `ns` against `redis` (it is not waited for; see [`Daemon::wait_ready`]).
+    /// Starts portsyncd in `ns` (on the host with [`DaemonOpts::on_host`]) against `redis` (it is
+    /// not waited for; see [`Daemon::wait_ready`]).
     pub fn start(ns: &NetNs, redis: &RedisServer, opts: DaemonOpts) -> Self {
         let bin = match &opts.binary {
             Some(b) => {
@@ -249,13 +286,10 @@ impl Daemon {
 
         let logf = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let logf2 = logf.try_clone().unwrap_or_else(|e| panic!("dup log fd: {e}"));
-        let mut cmd = Command::new(ip_bin());
-        cmd.args(["netns", "exec", ns.name()]).arg(&bin).args(&args);
-        clean_env(&mut cmd);
+        let mut cmd = command((!opts.on_host).then_some(ns), &bin, &args);
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        // `ip netns exec` execs the binary in place, so this pid is the daemon's.
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(logf))
@@ -268,16 +302,22 @@ impl Daemon {
     /// Runs the binary in `ns` with exactly `args` (no harness flags) until it exits or `timeout`
     /// passes (then it is killed and `status` is `None`); stdout and stderr are kept apart.
     pub fn run_once(ns: &NetNs, args: &[&str], timeout: Duration) -> RunOutput {
+        Self::run_to_exit(Some(ns), args, timeout)
+    }
+
+    /// [`Daemon::run_once`] on the host, outside any namespace.
+    pub fn run_once_on_host(args: &[&str], timeout: Duration) -> RunOutput {
+        Self::run_to_exit(None, args, timeout)
+    }
+
+    fn run_to_exit(ns: Option<&NetNs>, args: &[&str], timeout: Duration) -> RunOutput {
         let bin = daemon_binary();
         let dir = tempfile::Builder::new().prefix("psd-run-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let out_path = dir.path().join("stdout");
         let err_path = dir.path().join("stderr");
         let out = File::create(&out_path).unwrap_or_else(|e| panic!("create stdout file: {e}"));
         let err = File::create(&err_path).unwrap_or_else(|e| panic!("create stderr file: {e}"));
-        let mut cmd = Command::new(ip_bin());
-        cmd.args(["netns", "exec", ns.name()]).arg(&bin).args(args);
-        clean_env(&mut cmd);
-        let mut child = cmd
+        let mut child = command(ns, &bin, args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))

@@ -14,6 +14,7 @@ pub mod orchagent;
 pub mod poll;
 pub mod redis_server;
 pub mod storm;
+pub mod syslog;
 pub mod watch;
 
 pub use background::{BackgroundThread, StopFlag};

@@ -331,11 +331,17 @@ impl Drop for NetNs {
         for pid in self.pids() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        let _ = Command::new(ip_bin())
-            .args(["netns", "del", &self.name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        del_quietly(&self.name);
     }
+}
+
+/// `ip netns del <name>`, whatever its outcome: clean-up on drop, where there is no one to
+/// report to.
+pub(crate) fn del_quietly(name: &str) {
+    let _ = Command::new(ip_bin())
+        .args(["netns", "del", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }

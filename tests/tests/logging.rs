@@ -4,11 +4,10 @@
 //! `RUST_LOG` is cleared, since it is the developer override that the rest of the suite uses.
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use portsyncd_e2e::syslog::SyslogSink;
 use portsyncd_e2e::{all_links, capture_tests, Capture, DaemonOpts, Fixture, CONFIG_DB, DEFAULT_TIMEOUT};
 
 const LOGGER: &str = "LOGGER|portsyncd";
@@ -98,26 +97,9 @@ fn scenario_sighup(mode: Capture) {
 /// no PID, as swss-common's syslog(3) without openlog), `<11>` for the ERROR an invalid level
 /// causes, after which the level falls back to NOTICE.
 fn scenario_syslog(mode: Capture) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("log.sock");
-    let sock = UnixDatagram::bind(&path).expect("bind syslog socket");
-    sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-    // Read from the start, as a syslog daemon does: the kernel queues only a few datagrams
-    // (net.unix.max_dgram_qlen), and the daemon drops lines rather than block on a full socket.
-    let got = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (got, stop) = (Arc::clone(&got), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    got.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
-                }
-            }
-        })
-    };
-    let path_arg = path.display().to_string();
+    // Read from the start (see `SyslogSink`).
+    let sink = SyslogSink::bind();
+    let path_arg = sink.path().display().to_string();
     let mut fx = start(mode, "NOTICE", "SYSLOG", &["--test-syslog-socket", &path_arg], true);
     fx.ns.ip(&["link", "set", "Ethernet0", "mtu", "9000"]);
     set_level(&fx, "LOUD");
@@ -125,12 +107,10 @@ fn scenario_syslog(mode: Capture) {
     let want_error =
         |g: &[String]| g.iter().any(|l| l.starts_with("<11>portsyncd: Invalid loglevel. Setting to NOTICE. LOUD"));
     let deadline = Instant::now() + DEFAULT_TIMEOUT;
-    while !(want_notice(&got.lock().unwrap()) && want_error(&got.lock().unwrap())) && Instant::now() < deadline {
+    while !(want_notice(&sink.lines()) && want_error(&sink.lines())) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = reader.join();
-    let got = got.lock().unwrap().clone();
+    let got = sink.finish();
     assert!(want_notice(&got), "a NOTICE line with ident and priority: {got:#?}");
     assert!(want_error(&got), "the invalid level's ERROR line: {got:#?}");
     wait_level(&mut fx, "NOTICE");

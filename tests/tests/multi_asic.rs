@@ -5,15 +5,13 @@
 //! log lines.
 
 use std::collections::BTreeSet;
-use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portsyncd_e2e::asic::{asic_name, ns_id, Asic, GlobalConfig, HostDaemon, Reach};
 use portsyncd_e2e::monitor::{daemon_writes, show};
 use portsyncd_e2e::openmetrics::{parse, sample};
 use portsyncd_e2e::storm::{kernel_in_storm_final, storm_lines};
+use portsyncd_e2e::syslog::SyslogSink;
 use portsyncd_e2e::{
     all_links, capture_tests, hash, state_db_port_table, wait_for, wait_hash, wait_state_matches_kernel, Capture,
     DaemonOpts, Fixture, Monitor, NetNs, RunOutput, APPL_DB, DEFAULT_TIMEOUT, STORM_TIMEOUT,
@@ -208,27 +206,11 @@ fn namespace_with_redis_or_database_config_is_a_config_error_naming_the_key() {
 /// labels every metric sample and ends every syslog line.
 #[test]
 fn namespace_id_labels_every_metric_sample_and_syslog_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.sock");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    // Read from the start, as a syslog daemon does (the socket queues only a few datagrams).
-    let got = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (got, stop) = (Arc::clone(&got), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    got.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
-                }
-            }
-        })
-    };
+    // Read from the start, as a syslog daemon does.
+    let sink = SyslogSink::bind();
     let mut fx = Fixture::new(Capture::Netlink, 1);
     fx.ns.ip(&["link", "set", "lo", "up"]);
-    let path_arg = path.display().to_string();
+    let path_arg = sink.path().display().to_string();
     fx.start_daemon(
         DaemonOpts::new(Capture::Netlink)
             .env("NAMESPACE_ID", "7")
@@ -251,16 +233,14 @@ fn namespace_id_labels_every_metric_sample_and_syslog_line() {
         g.iter().any(|l| l.starts_with("<13>portsyncd: Publish Ethernet0(ok:") && l.ends_with(" namespace=asic7"))
     };
     wait_for(DEFAULT_TIMEOUT, "a labelled NOTICE line on syslog", || {
-        let g = got.lock().unwrap();
+        let g = sink.lines();
         if publish(&g) {
             Ok(())
         } else {
             Err(format!("{g:#?}"))
         }
     });
-    stop.store(true, Ordering::Relaxed);
-    let _ = reader.join();
-    let got = got.lock().unwrap().clone();
+    let got = sink.finish();
     for l in &got {
         assert!(l.starts_with("<") && l.contains(">portsyncd: "), "ident unchanged: {l}");
         assert!(l.ends_with(" namespace=asic7"), "syslog line without the namespace: {l}");
