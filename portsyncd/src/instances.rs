@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::linksync::PortName;
-use crate::partition::{partition_table, LEADER};
+use crate::partition::partition_table;
 use crate::redis_conn::{DbConn, WriteError};
 use crate::sonic_db::{SonicDbs, CFG_PORT_TABLE};
 
@@ -384,17 +384,18 @@ impl Registry {
     /// Leader: our process is the leader now; until [`Self::publish_run`], the run is not
     /// ready (`config_done` false) for instances that start meanwhile.
     pub async fn leader_starting(&mut self, config_done: bool) -> Result<(), WriteError> {
+        self.write_leader(vec![("config_done", config_done.to_string())]).await
+    }
+
+    /// The leader record: this process, a fresh heartbeat, and `fields`.
+    async fn write_leader(&mut self, mut fields: Vec<(&'static str, String)>) -> Result<(), WriteError> {
+        fields.extend([
+            ("pid", self.process.pid.to_string()),
+            ("proc_start", self.process.start.to_string()),
+            ("heartbeat_ms", now_ms().to_string()),
+        ]);
         let mut pipe = redis::pipe();
-        pipe.hset_multiple(
-            self.leader_key(),
-            &[
-                ("pid", self.process.pid.to_string()),
-                ("proc_start", self.process.start.to_string()),
-                ("heartbeat_ms", now_ms().to_string()),
-                ("config_done", config_done.to_string()),
-            ],
-        )
-        .ignore();
+        pipe.hset_multiple(self.leader_key(), &fields).ignore();
         self.query::<()>("HSET leader record", &pipe).await
     }
 
@@ -404,20 +405,12 @@ impl Registry {
         self.publications += 1;
         let generation = format!("{}-{}-{}", now_ms(), self.process.pid, self.publications);
         let ports: Vec<&str> = init_ports.iter().map(String::as_str).collect();
-        let mut pipe = redis::pipe();
-        pipe.hset_multiple(
-            self.leader_key(),
-            &[
-                ("pid", self.process.pid.to_string()),
-                ("proc_start", self.process.start.to_string()),
-                ("heartbeat_ms", now_ms().to_string()),
-                ("generation", generation.clone()),
-                ("init_ports", ports.join(",")),
-                ("config_done", "true".to_owned()),
-            ],
-        )
-        .ignore();
-        self.query::<()>("HSET leader record", &pipe).await?;
+        self.write_leader(vec![
+            ("generation", generation.clone()),
+            ("init_ports", ports.join(",")),
+            ("config_done", "true".to_owned()),
+        ])
+        .await?;
         Ok(generation)
     }
 
@@ -514,11 +507,6 @@ pub async fn read_partition_table(dbs: &SonicDbs, timeout: Duration) -> Result<V
         .map(|(k, v)| (k.get(prefix.len()..).unwrap_or_default().to_owned(), redis::from_redis_value(v).ok().flatten()))
         .collect();
     Ok(partition_table(rows.iter().map(|(n, i)| (n.as_str(), i.as_deref()))))
-}
-
-/// The leader is always id 0.
-pub fn is_leader(id: u16) -> bool {
-    id == LEADER
 }
 
 #[cfg(test)]

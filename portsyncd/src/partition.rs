@@ -60,17 +60,6 @@ pub enum PartitionSpec {
     List(Vec<String>),
 }
 
-impl PartitionSpec {
-    /// `even`, `range` or `list`: instances must agree on it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PartitionSpec::Even => "even",
-            PartitionSpec::Range { .. } => "range",
-            PartitionSpec::List(_) => "list",
-        }
-    }
-}
-
 impl fmt::Display for PartitionSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -260,11 +249,6 @@ impl Partition {
     /// This instance's id.
     pub fn me(&self) -> u16 {
         self.me
-    }
-
-    /// Instances sharing the ports.
-    pub fn instances(&self) -> u16 {
-        self.instances
     }
 
     /// More than one instance shares the ports.

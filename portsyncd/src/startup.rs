@@ -28,11 +28,19 @@ pub struct Startup {
     pub malformed_ports: Vec<String>,
 }
 
-/// Runs the start-up sequence. Any Redis failure here is fatal, as in the C++ daemon.
-pub async fn run(dbs: &SonicDbs, timeout: Duration) -> Result<Startup, WriteError> {
+/// The steps every instance takes, in the C++ daemon's order: LOGGER, switch_type, the
+/// warm-start check (`count_it`: write restore_count, the leader's job).
+struct Opening {
+    config: DbConn,
+    switch_type: String,
+    warm: bool,
+    system_warm: bool,
+    restore_count: u64,
+}
+
+async fn open(dbs: &SonicDbs, timeout: Duration, count_it: bool) -> Result<Opening, WriteError> {
     let mut config = DbConn::new("CONFIG_DB", dbs.config.clone(), Vec::new(), timeout);
     let mut state = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout);
-
     link_logger(&mut config, dbs).await?;
     let switch_type: Option<String> = config
         .query_one(
@@ -40,9 +48,19 @@ pub async fn run(dbs: &SonicDbs, timeout: Duration) -> Result<Startup, WriteErro
             redis::cmd("HGET").arg(dbs.config.key("DEVICE_METADATA", "localhost")).arg("switch_type"),
         )
         .await?;
-    let switch_type = switch_type.unwrap_or_else(|| "switch".to_owned());
-    let (warm, system_warm, restore_count) = check_warm_start(&mut state, dbs, true).await?;
+    let (warm, system_warm, restore_count) = check_warm_start(&mut state, dbs, count_it).await?;
+    Ok(Opening {
+        config,
+        switch_type: switch_type.unwrap_or_else(|| "switch".to_owned()),
+        warm,
+        system_warm,
+        restore_count,
+    })
+}
 
+/// Runs the start-up sequence. Any Redis failure here is fatal, as in the C++ daemon.
+pub async fn run(dbs: &SonicDbs, timeout: Duration) -> Result<Startup, WriteError> {
+    let Opening { mut config, switch_type, warm, system_warm, restore_count } = open(dbs, timeout, true).await?;
     let (port_set, malformed_ports) = if warm {
         (BTreeSet::new(), Vec::new())
     } else {
@@ -63,21 +81,12 @@ pub async fn run_follower(
     init_ports: BTreeSet<String>,
     resume: bool,
 ) -> Result<Startup, WriteError> {
-    let mut config = DbConn::new("CONFIG_DB", dbs.config.clone(), Vec::new(), timeout);
-    let mut state = DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout);
-    link_logger(&mut config, dbs).await?;
-    let switch_type: Option<String> = config
-        .query_one(
-            "HGET DEVICE_METADATA",
-            redis::cmd("HGET").arg(dbs.config.key("DEVICE_METADATA", "localhost")).arg("switch_type"),
-        )
-        .await?;
-    let (warm, system_warm, restore_count) = check_warm_start(&mut state, dbs, false).await?;
+    let o = open(dbs, timeout, false).await?;
     Ok(Startup {
-        warm: warm || resume,
-        system_warm,
-        restore_count,
-        switch_type: switch_type.unwrap_or_else(|| "switch".to_owned()),
+        warm: o.warm || resume,
+        system_warm: o.system_warm,
+        restore_count: o.restore_count,
+        switch_type: o.switch_type,
         port_set: init_ports,
         malformed_ports: Vec::new(),
     })

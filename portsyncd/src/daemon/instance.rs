@@ -202,9 +202,8 @@ impl Daemon {
         rt.waiting_for = instances::not_reported(&records, instances, &rt.generation);
         let mut partition_changed = false;
         if rt.learns_claims {
-            let now = instances::now_ms();
             let mut partition = self.pipeline.coalescer.partition().clone();
-            for r in records.iter().filter(|r| r.id != LEADER && r.is_live(now)) {
+            for r in records.iter().filter(|r| r.id != LEADER && r.is_live(read_ms)) {
                 let names: Vec<PortName> = r.claims.iter().filter_map(|c| PortName::new(c.as_bytes())).collect();
                 if partition.assign(&names, r.id) {
                     partition_changed = true;

@@ -331,14 +331,8 @@ impl Daemon {
         d.source.poll_storms(d.cfg.batch_linger);
         if let Some(addr) = d.cfg.metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::Metrics)?;
-            // Every sample says which ASIC namespace and which instance it is from (`instance_id`, as
-            // `instance` is the label Prometheus itself gives a scrape target).
-            let mut labels: Vec<(String, String)> =
-                crate::netns::label().map(|ns| (crate::netns::LABEL.to_owned(), ns.to_owned())).into_iter().collect();
-            if d.cfg.instances > 1 {
-                labels.push(("instance_id".to_owned(), d.cfg.instance_id.to_string()));
-            }
-            let export = std::sync::Arc::new(crate::metrics::prometheus::PrometheusExport::with_labels(labels));
+            let instance = (d.cfg.instances > 1).then_some(d.cfg.instance_id);
+            let export = std::sync::Arc::new(crate::metrics::prometheus::PrometheusExport::new(instance));
             d.latency.export_latency_to(export.latency_histogram());
             tokio::spawn(crate::metrics::prometheus::serve(listener, std::sync::Arc::clone(&export)));
             d.prometheus = Some(export);

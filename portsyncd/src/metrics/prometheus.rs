@@ -59,15 +59,18 @@ pub struct PrometheusExport {
 
 impl Default for PrometheusExport {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl PrometheusExport {
-    /// Registers every family, labelled with the process's namespace label if it has one.
-    pub fn new() -> Self {
-        let labels = crate::netns::label().map(|ns| (crate::netns::LABEL.to_owned(), ns.to_owned()));
-        Self::with_labels(labels)
+    /// Registers every family, labelled with the process's namespace label if it has one and
+    /// with `instance_id` when several instances share the ports (`instance` is the label
+    /// Prometheus itself gives a scrape target).
+    pub fn new(instance: Option<u16>) -> Self {
+        let namespace = crate::netns::label().map(|ns| (crate::netns::LABEL.to_owned(), ns.to_owned()));
+        let instance = instance.map(|id| ("instance_id".to_owned(), id.to_string()));
+        Self::with_labels(namespace.into_iter().chain(instance))
     }
 
     /// Registers every family, each sample carrying `labels` as constant labels.
@@ -246,7 +249,7 @@ mod tests {
 
     #[test]
     fn every_family_has_help_and_type_and_counters_keep_their_docs() {
-        let export = PrometheusExport::new();
+        let export = PrometheusExport::new(None);
         export.update(sample());
         export.latency_histogram().observe(0.000_25);
         let text = export.encode();
@@ -290,6 +293,21 @@ mod tests {
         for line in samples {
             assert!(line.contains("namespace=\"asic1\""), "unlabelled sample: {line}");
         }
+    }
+
+    /// One of several instances: every sample says which (no ASIC namespace in a unit test).
+    #[test]
+    fn an_instance_label_is_on_every_sample() {
+        let export = PrometheusExport::new(Some(2));
+        export.update(sample());
+        let text = export.encode();
+        assert!(text.contains("portsyncd_events_total{instance_id=\"2\"} 7\n"), "{text}");
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(samples.len() > 10, "{text}");
+        for line in samples {
+            assert!(line.contains("instance_id=\"2\""), "unlabelled sample: {line}");
+        }
+        assert!(!PrometheusExport::new(None).encode().contains("instance_id"), "one instance: no label");
     }
 
     #[test]
