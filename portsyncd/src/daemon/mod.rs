@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::health::{Health, HealthMonitor, Inputs as HealthInputs};
 use crate::metrics::latency::{IntervalLog, LatencyRecorder};
 use crate::metrics::Counters;
+use crate::netlink::dump::BackgroundDump;
 use crate::netlink::socket::NlSocket;
 use crate::pipeline::retry::Backoff;
 use crate::pipeline::Pipeline;
@@ -229,6 +230,8 @@ struct Daemon {
     counters_db: Option<crate::metrics::counters_db::CountersDbExport>,
     /// With several instances: this one's registry and run.
     instance: Option<instance::InstanceRuntime>,
+    /// The initial dump, started before the start-up sequence (one daemon only).
+    early_dump: Option<BackgroundDump>,
 }
 
 impl Daemon {
@@ -240,6 +243,23 @@ impl Daemon {
             crate::redis_conn::set_client_name(format!("portsyncd-{}", cfg.instance_id));
         }
         let dbs = SonicDbs::resolve(&cfg.redis)?;
+        // Subscribe before dumping, so nothing between the dump and the subscription is missed.
+        let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
+        tracing::info!(requested = cfg.rcvbuf, granted, "event socket joined RTNLGRP_LINK");
+        let mut source = match cfg.test_recv_buf {
+            Some(bytes) => Source::with_recv_buf(sock, None, bytes),
+            None => Source::new(sock, None),
+        };
+        // One daemon dumps while the start-up sequence runs (the dump is the longest step of a
+        // warm start). An instance of several may wait seconds for its leader, so it dumps when
+        // it is ready.
+        let early_dump = if cfg.instances == 1 {
+            // Whatever is queued is older than the snapshot about to be taken.
+            source.discard_queued()?;
+            Some(BackgroundDump::spawn(sync::dump_options(&cfg, true))?)
+        } else {
+            None
+        };
         let mut writer = Writer::new(&dbs, cfg.redis_timeout);
         // An unreachable Redis at start is fatal (one clear line from main), as in the C++ daemon.
         writer.connect().await?;
@@ -263,9 +283,6 @@ impl Daemon {
         let log_refresh = std::sync::Arc::new(tokio::sync::Notify::new());
         tokio::spawn(crate::logging::watch_config(dbs.config.clone(), cfg.redis_timeout, log_refresh.clone()));
 
-        // Subscribe before dumping, so nothing between the dump and the subscription is missed.
-        let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
-        tracing::info!(requested = cfg.rcvbuf, granted, "event socket joined RTNLGRP_LINK");
         // The loop cannot report its own stall: the watchdog's thread tells systemd.
         let (watchdog, heartbeat) = Watchdog::start(cfg.stall_watchdog, |stalled_ms| {
             let status = format!("unhealthy: loop_stalled ({stalled_ms} ms)");
@@ -287,10 +304,8 @@ impl Daemon {
                 max_age: cfg.state_max_age,
             })),
             warm_metrics: WarmRestartMetrics::default(),
-            source: match cfg.test_recv_buf {
-                Some(bytes) => Source::with_recv_buf(sock, None, bytes),
-                None => Source::new(sock, None),
-            },
+            source,
+            early_dump,
             writer,
             dbs,
             startup,
@@ -373,6 +388,11 @@ impl Daemon {
 
     fn initial_sync_done(&mut self) {
         self.initial_sync_done = true;
+        if self.startup.warm {
+            // The load read only up to the first usable document; the older backups are
+            // checked now that PortInitDone is out.
+            self.store.sweep_backups(&mut self.warm_metrics);
+        }
         self.save_state(false);
         self.update_health();
         self.write_stats();

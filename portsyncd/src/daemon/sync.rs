@@ -9,6 +9,7 @@ use portsyncd_common::{origin, PortEvent, RTM_DELLINK};
 
 use super::{Daemon, Eoiu};
 use crate::clock::monotonic_ns;
+use crate::config::Config;
 use crate::error::Error;
 use crate::linksync::{classify, PortName, PortSet, Verdict};
 use crate::netlink::admin::set_down;
@@ -50,20 +51,25 @@ pub(super) fn provable_baseline(loaded: Option<&LoadedState>, system_warm: bool)
     }
 }
 
-impl Daemon {
-    fn dump_options(&self, initial: bool) -> DumpOptions {
-        DumpOptions {
-            timeout: self.cfg.eoiu_timeout,
-            max_retries: self.cfg.dump_retries,
-            hold_done: initial && self.cfg.test_hold_eoiu,
-            force_intr: self.cfg.test_dump_intr,
-        }
+/// The dump settings of `cfg`; `initial`: the dump whose end is the EOIU.
+pub(super) fn dump_options(cfg: &Config, initial: bool) -> DumpOptions {
+    DumpOptions {
+        timeout: cfg.eoiu_timeout,
+        max_retries: cfg.dump_retries,
+        hold_done: initial && cfg.test_hold_eoiu,
+        force_intr: cfg.test_dump_intr,
     }
+}
 
+impl Daemon {
     async fn dump(&mut self, initial: bool) -> Result<Dump, Error> {
         // Whatever is queued is older than the snapshot about to be taken.
         self.source.discard_queued()?;
-        let dump = dump_links(self.dump_options(initial)).await?;
+        let dump = dump_links(dump_options(&self.cfg, initial)).await?;
+        Ok(self.count_dump(dump))
+    }
+
+    fn count_dump(&mut self, dump: Dump) -> Dump {
         self.counters.dumps += 1;
         self.counters.dump_intr_retries += u64::from(dump.intr_retries);
         if !dump.is_complete() {
@@ -75,7 +81,7 @@ impl Daemon {
                 "link dump still interrupted after retries; using it for updates only, never for deletes"
             );
         }
-        Ok(dump)
+        dump
     }
 
     pub(super) async fn initial_sync(&mut self) -> Result<(), Error> {
@@ -89,7 +95,13 @@ impl Daemon {
             None
         };
 
-        let dump = self.dump(true).await?;
+        let dump = match self.early_dump.take() {
+            Some(running) => {
+                let dump = running.finish().await?;
+                self.count_dump(dump)
+            }
+            None => self.dump(true).await?,
+        };
         match dump.end {
             DumpEnd::Done => {
                 self.eoiu = Eoiu::Seen;

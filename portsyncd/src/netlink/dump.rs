@@ -121,6 +121,42 @@ pub async fn dump_links(opts: DumpOptions) -> Result<Dump, DumpError> {
     }
 }
 
+/// A dump taken on a thread of its own while start-up talks to Redis. The kernel builds the
+/// dump inside `recvmsg`, so on the daemon's thread it would add its whole length to the time
+/// to PortInitDone; on another core it overlaps the Redis start-up sequence and the state
+/// file's load.
+#[derive(Debug)]
+pub struct BackgroundDump {
+    result: tokio::sync::oneshot::Receiver<Result<Dump, DumpError>>,
+}
+
+impl BackgroundDump {
+    /// Starts the dump now.
+    pub fn spawn(opts: DumpOptions) -> Result<Self, DumpError> {
+        let (tx, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("link-dump".into())
+            .spawn(move || {
+                let dump = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(DumpError::Io)
+                    .and_then(|rt| rt.block_on(dump_links(opts)));
+                // The receiver is gone only when start-up was abandoned.
+                let _ = tx.send(dump);
+            })
+            .map_err(DumpError::Io)?;
+        Ok(BackgroundDump { result })
+    }
+
+    /// The dump, once it ended.
+    pub async fn finish(self) -> Result<Dump, DumpError> {
+        self.result.await.unwrap_or_else(|_| {
+            Err(DumpError::Io(std::io::Error::other("the link dump thread ended without a result")))
+        })
+    }
+}
+
 fn request(seq: u32) -> Vec<u8> {
     let mut hdr = NetlinkHeader::default();
     hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;

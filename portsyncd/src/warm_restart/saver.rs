@@ -73,6 +73,13 @@ impl StateSaver {
         }
     }
 
+    /// [`StateStore::sweep_backups`]; nothing while a save runs (the next start sweeps).
+    pub fn sweep_backups(&mut self, metrics: &mut WarmRestartMetrics) {
+        if let Slot::Idle(store) = &mut self.slot {
+            store.sweep_backups(metrics);
+        }
+    }
+
     /// Starts saving `ports` on the blocking pool, unless they and `clean_shutdown` are what the
     /// last save wrote (then nothing happens, on this thread or any other). A save still
     /// running from before makes this one a no-op too: the next periodic save carries the

@@ -183,6 +183,8 @@ struct DocumentOut<'a> {
 /// Document as read back (see [`parse_document`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct DocumentIn {
+    /// Layout version ([`STATE_FILE_VERSION`] is the one this build reads).
+    pub version: u32,
     /// When it was saved, Unix milliseconds by the saving host's clock.
     pub saved_at_unix_ms: u64,
     /// Written on SIGTERM after the last write was acknowledged.
@@ -193,7 +195,17 @@ pub struct DocumentIn {
     pub ports: BTreeMap<String, PortRecord>,
 }
 
-/// Read first so that another version's layout is reported as such, not as a parse error.
+/// How far [`StateStore::sweep`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// Up to the first usable document.
+    UntilUsable,
+    /// Every candidate.
+    All,
+}
+
+/// Read when a document does not parse, so that another version's layout is reported as such,
+/// not as a parse error.
 #[derive(Deserialize)]
 struct VersionProbe {
     version: u32,
@@ -324,11 +336,17 @@ impl StateStore {
     /// maximum age and leftover temporary files. Corrupt documents are left for
     /// [`load`](Self::load) to set aside.
     pub fn remove_stale(&mut self, metrics: &mut WarmRestartMetrics) {
-        self.sweep(now_unix_ms(), false, metrics);
+        self.sweep(now_unix_ms(), false, Sweep::All, metrics);
+    }
+
+    /// What [`load`](Self::load) left unexamined: stale backups are removed and corrupt ones
+    /// set aside, as a load that read every candidate would have done.
+    pub fn sweep_backups(&mut self, metrics: &mut WarmRestartMetrics) {
+        self.sweep(now_unix_ms(), true, Sweep::All, metrics);
     }
 
     fn load_at(&mut self, now_ms: u64, metrics: &mut WarmRestartMetrics) -> Option<LoadedState> {
-        let (doc, from_backup) = self.sweep(now_ms, true, metrics)?;
+        let (doc, from_backup) = self.sweep(now_ms, true, Sweep::UntilUsable, metrics)?;
         let saved_at = UNIX_EPOCH.checked_add(Duration::from_millis(doc.saved_at_unix_ms)).unwrap_or(UNIX_EPOCH);
         let same_boot = matches!((&doc.boot_id, &self.boot_id), (Some(a), Some(b)) if a == b);
         let state = LoadedState {
@@ -359,13 +377,16 @@ impl StateStore {
         Some(state)
     }
 
-    /// Examines every candidate, newest first, removing stale ones and (if `set_aside`)
+    /// Examines the candidates, newest first, removing stale ones and (if `set_aside`)
     /// renaming corrupt ones; returns the first usable document and, if it is a backup, its
     /// path. Older usable backups are kept: they are the fallback for the next start.
+    /// [`Sweep::UntilUsable`] stops at the first usable one (a warm start reads no more than
+    /// it needs before PortInitDone; [`sweep_backups`](Self::sweep_backups) does the rest later).
     fn sweep(
         &mut self,
         now_ms: u64,
         set_aside: bool,
+        extent: Sweep,
         metrics: &mut WarmRestartMetrics,
     ) -> Option<(DocumentIn, Option<PathBuf>)> {
         self.remove_temp_files();
@@ -375,6 +396,9 @@ impl StateStore {
 
         let mut found = None;
         for (path, is_backup) in candidates {
+            if found.is_some() && extent == Sweep::UntilUsable {
+                break;
+            }
             match examine(&path, now_ms, self.cfg.max_age) {
                 Verdict::Absent => {}
                 Verdict::Usable(doc) => {
@@ -699,14 +723,16 @@ fn judge(body: &[u8], now_ms: u64, max_age: Duration) -> Verdict {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Verdict::Corrupt(Rejection::Empty);
     }
-    match serde_json::from_slice::<VersionProbe>(body) {
-        Ok(p) if p.version == STATE_FILE_VERSION => {}
-        Ok(p) => return Verdict::Corrupt(Rejection::UnknownVersion(p.version)),
-        Err(e) => return Verdict::Corrupt(Rejection::Malformed(e)),
-    }
-    let doc: DocumentIn = match serde_json::from_slice(body) {
-        Ok(d) => d,
-        Err(e) => return Verdict::Corrupt(Rejection::Malformed(e)),
+    // One parse in the common case; the version probe only explains a failure.
+    let doc: DocumentIn = match serde_json::from_slice::<DocumentIn>(body) {
+        Ok(d) if d.version == STATE_FILE_VERSION => d,
+        Ok(d) => return Verdict::Corrupt(Rejection::UnknownVersion(d.version)),
+        Err(e) => {
+            return match serde_json::from_slice::<VersionProbe>(body) {
+                Ok(p) if p.version != STATE_FILE_VERSION => Verdict::Corrupt(Rejection::UnknownVersion(p.version)),
+                _ => Verdict::Corrupt(Rejection::Malformed(e)),
+            }
+        }
     };
     let tolerance_ms = u64::try_from(FUTURE_TOLERANCE.as_millis()).unwrap_or(u64::MAX);
     if doc.saved_at_unix_ms > now_ms.saturating_add(tolerance_ms) {
@@ -1327,6 +1353,50 @@ mod tests {
         assert_eq!(backup_markers(&store), [2]);
         assert_eq!(store.load(&mut m).unwrap().ports, ports(4, 3));
         assert_eq!(m.stale_files_removed, 1);
+    }
+
+    #[test]
+    fn load_reads_up_to_the_first_usable_document_and_sweep_backups_does_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = store_in(tmp.path(), 5);
+        let mut m = WarmRestartMetrics::default();
+        let now = now_unix_ms();
+        store.save_at(now - 8 * DAY_MS, &ports(4, 1), false, &mut m).unwrap();
+        for mtu in 2..=4 {
+            store.save_at(now, &ports(4, mtu), false, &mut m).unwrap();
+        }
+        let backups = store.list_backups();
+        assert_eq!(backups.len(), 3);
+        // Unlink first: backups are hard links and must not share the damage.
+        fs::remove_file(&backups[1].1).unwrap();
+        fs::write(&backups[1].1, b"garbage").unwrap();
+
+        assert_eq!(store.load(&mut m).unwrap().ports, ports(4, 4));
+        assert_eq!((m.stale_files_removed, m.corrupt_files_found), (0, 0));
+        assert_eq!(store.list_backups().len(), 3, "load touched a backup it did not need");
+
+        store.sweep_backups(&mut m);
+        assert_eq!((m.stale_files_removed, m.corrupt_files_found), (1, 1));
+        assert_eq!(backup_markers(&store), [3]);
+        assert_eq!(set_aside_names(&tmp.path().join("state/backups"), "port_state.").len(), 1);
+    }
+
+    #[test]
+    fn a_document_in_this_layout_but_of_another_version_is_reported_as_such() {
+        // (A document that does not parse as this layout is covered by `damages`.)
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = store_in(tmp.path(), 0);
+        let mut m = WarmRestartMetrics::default();
+        store.save(&ports(2, 1), false, &mut m).unwrap();
+        let body = fs::read_to_string(store.path()).unwrap().replacen(r#""version":1"#, r#""version":7"#, 1);
+        assert!(matches!(
+            judge(body.as_bytes(), now_unix_ms(), DEFAULT_MAX_AGE),
+            Verdict::Corrupt(Rejection::UnknownVersion(7))
+        ));
+        assert!(matches!(
+            judge(b"{\"version\":1}", now_unix_ms(), DEFAULT_MAX_AGE),
+            Verdict::Corrupt(Rejection::Malformed(_))
+        ));
     }
 
     #[test]
