@@ -14,6 +14,10 @@
 //! with several instances in ` instance=N` ([`set_line_fields`]): fields like tracing's own, so
 //! the ident and the swss message texts stay as they are.
 
+mod held;
+
+pub use held::{hold_lines, HeldLines};
+
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -223,35 +227,64 @@ impl Drop for SyslogLine {
         if let Some(fields) = line_fields() {
             push_label(&mut datagram, fields);
         }
-        let Ok(mut syslog) = self.shared.syslog.lock() else { return };
-        for _ in 0..2 {
-            if syslog.sock.is_none() {
-                let now = std::time::Instant::now();
-                if syslog.last_try.is_some_and(|t| now.duration_since(t) < RECONNECT_EVERY) {
-                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                syslog.last_try = Some(now);
-                // Non-blocking: a syslog daemon that stops reading must never stall port sync.
-                syslog.sock = UnixDatagram::unbound()
-                    .ok()
-                    .filter(|s| s.set_nonblocking(true).is_ok() && s.connect(&self.shared.syslog_path).is_ok());
-            }
-            match syslog.sock.as_ref().map(|s| s.send(datagram.as_bytes())) {
-                Some(Ok(_)) => return,
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                // The syslog daemon restarted: reconnect (rate-limited).
-                Some(Err(_)) => syslog.sock = None,
-                None => {
-                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
+        if let Some(datagram) = held::hold_syslog(&self.shared, datagram.into_bytes()) {
+            send_syslog(&self.shared, std::slice::from_ref(&datagram));
         }
     }
+}
+
+/// Sends datagrams to the syslog socket, connecting first if needed (at most once per
+/// [`RECONNECT_EVERY`]); what cannot be sent is counted as dropped, never waited for.
+fn send_syslog(shared: &Shared, datagrams: &[Vec<u8>]) {
+    let Ok(mut syslog) = shared.syslog.lock() else { return };
+    let mut rest = datagrams;
+    let drop_rest = |rest: &[Vec<u8>]| {
+        shared.dropped.fetch_add(rest.len() as u64, Ordering::Relaxed);
+    };
+    let mut attempts = 0;
+    while !rest.is_empty() {
+        if syslog.sock.is_none() {
+            let now = std::time::Instant::now();
+            if syslog.last_try.is_some_and(|t| now.duration_since(t) < RECONNECT_EVERY) {
+                return drop_rest(rest);
+            }
+            syslog.last_try = Some(now);
+            // Non-blocking: a syslog daemon that stops reading must never stall port sync.
+            syslog.sock = UnixDatagram::unbound()
+                .ok()
+                .filter(|s| s.set_nonblocking(true).is_ok() && s.connect(&shared.syslog_path).is_ok());
+        }
+        match syslog.sock.as_ref().map(|s| send_datagrams(s, rest)) {
+            Some(Ok(sent)) => rest = rest.get(sent.max(1)..).unwrap_or_default(),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return drop_rest(rest),
+            // The syslog daemon restarted: reconnect once (rate-limited).
+            Some(Err(_)) if attempts == 0 => {
+                attempts += 1;
+                syslog.sock = None;
+            }
+            Some(Err(_)) => {
+                syslog.sock = None;
+                return drop_rest(rest);
+            }
+            None => return drop_rest(rest),
+        }
+    }
+}
+
+/// One `send` for one datagram, one `sendmmsg` for several; returns how many went.
+fn send_datagrams(sock: &UnixDatagram, datagrams: &[Vec<u8>]) -> std::io::Result<usize> {
+    use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    if let [one] = datagrams {
+        return sock.send(one).map(|_| 1);
+    }
+    let slices: Vec<[IoSlice<'_>; 1]> = datagrams.iter().map(|d| [IoSlice::new(d)]).collect();
+    let mut headers = MultiHeaders::<()>::preallocate(slices.len(), None);
+    let to: Vec<Option<()>> = vec![None; slices.len()];
+    let no_cmsgs: [ControlMessage<'_>; 0] = [];
+    let sent = sendmmsg(sock.as_raw_fd(), &mut headers, &slices, &to, no_cmsgs, MsgFlags::empty())?;
+    Ok(sent.count())
 }
 
 #[derive(Debug, Clone)]
@@ -337,10 +370,22 @@ impl StdLine {
     }
 }
 
+impl StdLine {
+    fn output(&self) -> Output {
+        match self.target {
+            StdTarget::Out(_) => Output::Stdout,
+            StdTarget::Err(_) => Output::Stderr,
+        }
+    }
+}
+
 impl Write for StdLine {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         if self.label.is_some() {
             self.buf.extend_from_slice(b);
+            return Ok(b.len());
+        }
+        if held::hold_std(self.output(), b) {
             return Ok(b.len());
         }
         self.target().write(b)
@@ -358,6 +403,9 @@ impl Drop for StdLine {
             return;
         }
         let line = labelled_line(&self.buf, ns);
+        if held::hold_std(self.output(), line.as_bytes()) {
+            return;
+        }
         // As the unlabelled path: a closed stdout or stderr loses the line, nothing else.
         let _ = self.target().write_all(line.as_bytes());
     }
@@ -526,6 +574,109 @@ mod tests {
             assert_eq!(*first_try.get_or_insert(t), t, "line {i} tried to connect again");
         }
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 50);
+    }
+
+    /// Shared state whose syslog socket is `path`.
+    fn shared_at(path: &std::path::Path) -> Arc<Shared> {
+        Arc::new(Shared {
+            output: AtomicU8::new(Output::Syslog as u8),
+            max_level: AtomicU8::new(5),
+            syslog_path: path.to_path_buf(),
+            syslog: Mutex::new(Syslog::default()),
+            dropped: Default::default(),
+            developer: false,
+        })
+    }
+
+    fn received(sock: &UnixDatagram) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = sock.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn held_syslog_lines_go_out_together_in_order_when_the_guard_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let shared = shared_at(&path);
+        let w = SyslogWriter(Arc::clone(&shared));
+        let log = |text: &str| {
+            let mut line = w.make_writer();
+            let _ = write!(line, "{text}");
+        };
+
+        let held = hold_lines();
+        log("Publish Ethernet0(ok:up) to state db");
+        let inner = hold_lines();
+        log("Publish Ethernet4(ok:down) to state db");
+        drop(inner);
+        log("Delete Ethernet8(ok) from state db");
+        assert!(received(&rx).is_empty(), "a line left before the outermost guard dropped");
+        drop(held);
+        assert_eq!(
+            received(&rx),
+            [
+                "<13>portsyncd: Publish Ethernet0(ok:up) to state db",
+                "<13>portsyncd: Publish Ethernet4(ok:down) to state db",
+                "<13>portsyncd: Delete Ethernet8(ok) from state db",
+            ]
+        );
+        // Not holding: a line goes out at once.
+        log("Publish Ethernet0(ok:down) to state db");
+        assert_eq!(received(&rx), ["<13>portsyncd: Publish Ethernet0(ok:down) to state db"]);
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn held_lines_a_full_syslog_queue_cannot_take_are_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let shared = shared_at(&path);
+        let w = SyslogWriter(Arc::clone(&shared));
+        const LINES: usize = 5000;
+        {
+            let _held = hold_lines();
+            for i in 0..LINES {
+                let mut line = w.make_writer();
+                let _ = write!(line, "line {i} {}", "x".repeat(200));
+            }
+        }
+        let got = received(&rx);
+        let dropped = shared.dropped.load(Ordering::Relaxed) as usize;
+        assert!(
+            !got.is_empty() && dropped > 0,
+            "the queue should take some and refuse the rest: {} / {dropped}",
+            got.len()
+        );
+        assert_eq!(got.len() + dropped, LINES);
+        // What went out is the first lines, in order.
+        for (i, g) in got.iter().enumerate() {
+            assert!(g.starts_with(&format!("<13>portsyncd: line {i} ")), "{i}: {g}");
+        }
+    }
+
+    #[test]
+    fn held_std_lines_wait_for_the_guard_and_an_output_switch_writes_what_was_held() {
+        assert!(!held::hold_std(Output::Stderr, b"not held\n"), "held without a guard");
+        let guard = hold_lines();
+        assert!(held::hold_std(Output::Stderr, b"one\n"));
+        assert_eq!(held::held_std(), Some((Output::Stderr, b"one\n".to_vec())));
+        assert!(held::hold_std(Output::Stdout, b"two\n"));
+        assert_eq!(
+            held::held_std(),
+            Some((Output::Stdout, b"two\n".to_vec())),
+            "the stderr line was not written first"
+        );
+        drop(guard);
+        assert_eq!(held::held_std(), None);
+        assert!(!held::hold_std(Output::Stderr, b"not held\n"));
     }
 
     #[test]

@@ -165,6 +165,8 @@ impl Pipeline {
             ops.iter().map(|op| 1 + u64::from(matches!(op, Op::Write { delete_first: true, .. }))).sum::<u64>();
         let ack = monotonic_ns();
         let mut accepted = 0u64;
+        // The per-port lines below go out in one system call.
+        let _lines = crate::logging::hold_lines();
         for ((op, p), reply) in plan.ops.into_iter().zip(replies) {
             let name = op.port();
             match reply {
