@@ -271,8 +271,16 @@ pub fn table(s: &Summary, header: &str) -> String {
         if startup {
             let _ = writeln!(
                 out,
-                "{:<12} {:>5} {:>14} {:>12} {:>9} {:>11} {:>9} {:>6}",
-                "mode", "reps", "PortInitDone", "old down ms", "old down", "STATE_DB wr", "cpu ms", "wrong"
+                "{:<12} {:>5} {:>14} {:>12} {:>9} {:>11} {:>9} {:>14} {:>6}",
+                "mode",
+                "reps",
+                "PortInitDone",
+                "old down ms",
+                "old down",
+                "STATE_DB wr",
+                "cpu ms",
+                "children cpu ms",
+                "wrong"
             );
         } else {
             let _ = writeln!(
@@ -306,7 +314,7 @@ pub fn table(s: &Summary, header: &str) -> String {
             if startup {
                 let _ = writeln!(
                     out,
-                    "{:<12} {:>5} {:>14} {:>12} {:>9} {:>11} {:>9} {:>6}",
+                    "{:<12} {:>5} {:>14} {:>12} {:>9} {:>11} {:>9} {:>14} {:>6}",
                     mode,
                     reps,
                     fmt(m.get("port_init_done_ms"), 1.0, 1),
@@ -314,6 +322,7 @@ pub fn table(s: &Summary, header: &str) -> String {
                     fmt(m.get("old_down_ports"), 1.0, 0),
                     fmt(m.get("state_db_writes"), 1.0, 0),
                     fmt(m.get("cpu_us"), 1e3, 1),
+                    fmt(m.get("children_cpu_us"), 1e3, 1),
                     fmt(m.get("ports_wrong"), 1.0, 0),
                 );
             } else {

@@ -102,8 +102,12 @@ fn dump(ctx: &Ctx, label: &str, mode: &Mode, t0: u64, kev: &[KernelEvent], write
 pub const LONG_ROUNDS: u32 = 50;
 /// Deadline for `initial_sync_done` / `PortConfigDone` after spawn.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// Deadline for `PortInitDone` after spawn.
-const INIT_DONE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline for `PortInitDone` after spawn: 30 s, or 30 ms per port if longer. A cold start
+/// sets every old interface down first, and with thousands of netdevs the kernel needs ~9 ms per
+/// link change (the C++ daemon forks `ip` for each), so 4096 ports need more than 30 s.
+fn init_done_timeout(ports: u32) -> Duration {
+    Duration::from_secs(30).max(Duration::from_millis(30) * ports)
+}
 /// How long a run with wrong ports keeps polling to report whether it converged late.
 const CONVERGE_GRACE: Duration = Duration::from_secs(10);
 /// Poll interval of the settle loop.
@@ -549,13 +553,14 @@ fn restart(ctx: &Ctx, env: &mut Env, mode: &Mode, label: &str) -> anyhow::Result
     let cold = label.ends_with("cold");
     let t0 = env.spawn(mode)?;
     let start = Instant::now();
+    let deadline = init_done_timeout(ctx.ports);
     let init_done = loop {
         env.ensure_alive("waiting for PortInitDone")?;
         if let Some(t) = env.keyspace.first_appl_write(PORT_INIT_DONE, t0) {
             break t;
         }
-        if start.elapsed() > INIT_DONE_TIMEOUT {
-            bail!("no PortInitDone within {INIT_DONE_TIMEOUT:?} of the {label} spawn");
+        if start.elapsed() > deadline {
+            bail!("no PortInitDone within {deadline:?} of the {label} spawn");
         }
         std::thread::sleep(Duration::from_millis(2));
     };
@@ -572,6 +577,7 @@ fn restart(ctx: &Ctx, env: &mut Env, mode: &Mode, label: &str) -> anyhow::Result
     m.insert("port_init_done_ms".into(), (init_done - t0) as f64 / 1e6);
     m.insert("state_db_writes".into(), writes.len() as f64);
     m.insert("cpu_us".into(), cpu.sched_ns as f64 / 1e3);
+    m.insert("children_cpu_us".into(), cpu.children_ns as f64 / 1e3);
     m.insert("kernel_events".into(), kev.len() as f64);
     m.insert("settle_ms".into(), (settled - t0) as f64 / 1e6);
     if cold {
