@@ -17,9 +17,6 @@ pub enum Op {
         state: PortState,
         /// DEL the key first.
         delete_first: bool,
-        /// The port's APPL_DB presence is checked by Redis itself in the same command, and the
-        /// row written only if `PORT_TABLE:<p>` exists (see [`Reconciler::fold_presence_checks`]).
-        if_in_appl: bool,
     },
     /// DEL the key.
     Delete {
@@ -70,12 +67,6 @@ pub struct Reconciler {
     /// deleted for being absent from a dump (see [`Self::vanished`]).
     provable: PortSet,
     appl_known: PortSet,
-    /// Ports whose APPL_DB presence was known until their netdev was deleted: when it comes
-    /// back, presence is checked again, by the write itself if `fold_presence`.
-    recheck: PortSet,
-    /// APPL_DB and STATE_DB share a server: a re-created port's presence check and its first
-    /// write go as one command ([`Op::Write::if_in_appl`]) instead of two round trips.
-    fold_presence: bool,
     port_set: BTreeSet<String>,
     init_done: bool,
 }
@@ -84,12 +75,6 @@ impl Reconciler {
     /// `port_set`: configured ports that must be seen before `PortInitDone`.
     pub fn new(port_set: BTreeSet<String>) -> Self {
         Self { port_set, ..Self::default() }
-    }
-
-    /// Lets a re-created port's APPL_DB presence be checked by its first write (the store can
-    /// run both in one command: APPL_DB and STATE_DB share a server).
-    pub fn fold_presence_checks(&mut self, on: bool) {
-        self.fold_presence = on;
     }
 
     /// Uses `baseline` as what STATE_DB holds (warm restart: the saved or verified state).
@@ -121,21 +106,11 @@ impl Reconciler {
     pub fn forget_redis(&mut self) {
         self.written.clear();
         self.appl_known.clear();
-        self.recheck.clear();
     }
 
-    /// Ports with a pending write whose APPL_DB presence is not known yet (and is not left to
-    /// the write itself).
+    /// Ports with a pending write whose APPL_DB presence is not known yet.
     pub fn presence_unknown(&self, pending: &PortMap<Pending>) -> Vec<PortName> {
-        pending
-            .iter()
-            .filter(|(n, p)| p.state.is_some() && !self.appl_known.contains(*n) && !self.folds(n))
-            .map(|(n, _)| *n)
-            .collect()
-    }
-
-    fn folds(&self, name: &PortName) -> bool {
-        self.fold_presence && self.recheck.contains(name)
+        pending.iter().filter(|(n, p)| p.state.is_some() && !self.appl_known.contains(*n)).map(|(n, _)| *n).collect()
     }
 
     /// Turns pending changes into operations. `present` answers [`Self::presence_unknown`].
@@ -145,12 +120,6 @@ impl Reconciler {
             match p.state {
                 None => plan.ops.push((Op::Delete { name }, p)),
                 Some(state) => {
-                    if self.folds(&name) {
-                        // Seen (and known present) only once Redis reports the write done.
-                        let op = Op::Write { name, state, delete_first: p.delete_first, if_in_appl: true };
-                        plan.ops.push((op, p));
-                        continue;
-                    }
                     if !self.appl_known.contains(&name) {
                         if present.contains(&name) {
                             self.appl_known.insert(name);
@@ -166,7 +135,7 @@ impl Reconciler {
                         plan.unchanged.push(name);
                         continue;
                     }
-                    plan.ops.push((Op::Write { name, state, delete_first: p.delete_first, if_in_appl: false }, p));
+                    plan.ops.push((Op::Write { name, state, delete_first: p.delete_first }, p));
                 }
             }
         }
@@ -183,13 +152,7 @@ impl Reconciler {
     /// Records that Redis acknowledged `op`.
     pub fn commit_op(&mut self, op: &Op) {
         match *op {
-            Op::Write { name, state, if_in_appl, .. } => {
-                if if_in_appl {
-                    // Redis found the APPL_DB entry and wrote the row.
-                    self.recheck.remove(&name);
-                    self.appl_known.insert(name);
-                    self.port_set.remove(name.as_str());
-                }
+            Op::Write { name, state, .. } => {
                 self.written.insert(name, state);
                 self.published.insert(name);
                 self.provable.insert(name);
@@ -199,18 +162,8 @@ impl Reconciler {
                 self.published.remove(&name);
                 self.provable.remove(&name);
                 // The netdev is gone; if it comes back, APPL_DB is checked again.
-                if self.appl_known.remove(&name) {
-                    self.recheck.insert(name);
-                }
+                self.appl_known.remove(&name);
             }
-        }
-    }
-
-    /// Records that a presence-checked write found no APPL_DB entry: nothing was written,
-    /// beyond the DEL of a `delete_first` write.
-    pub fn commit_not_in_appl(&mut self, op: &Op) {
-        if let Op::Write { name, delete_first: true, .. } = *op {
-            self.commit_op(&Op::Delete { name });
         }
     }
 
@@ -314,52 +267,6 @@ mod tests {
         // A changed mtu is written.
         let plan = r.plan([(n("Ethernet0"), set(true, 1500))].into_iter().collect(), &present);
         assert_eq!(plan.ops.len(), 1);
-    }
-
-    #[test]
-    fn a_recreated_port_is_checked_by_its_own_write_when_presence_checks_fold() {
-        let mut r = Reconciler::new(BTreeSet::new());
-        r.fold_presence_checks(true);
-        let first = |r: &mut Reconciler, admin: bool, present: &[&str]| {
-            let pending: PortMap<_> = [(n("Ethernet0"), set(admin, 9100))].into_iter().collect();
-            let unknown = r.presence_unknown(&pending);
-            let plan = r.plan(pending, &present.iter().map(|p| n(p)).collect());
-            (unknown, plan.ops[0].0)
-        };
-        // First sight (start-up): checked apart.
-        let (unknown, op) = first(&mut r, true, &["Ethernet0"]);
-        assert_eq!(unknown, [n("Ethernet0")]);
-        assert!(matches!(op, Op::Write { if_in_appl: false, .. }));
-        r.commit_op(&op);
-        // Deleted, then re-created: the write checks.
-        r.commit_op(&Op::Delete { name: n("Ethernet0") });
-        let (unknown, op) = first(&mut r, true, &[]);
-        assert!(unknown.is_empty());
-        assert!(matches!(op, Op::Write { if_in_appl: true, delete_first: false, .. }));
-        // Redis found no APPL_DB entry: nothing recorded, checked again next time.
-        r.commit_not_in_appl(&op);
-        assert!(r.written().is_empty());
-        let (_, op) = first(&mut r, false, &[]);
-        assert!(matches!(op, Op::Write { if_in_appl: true, .. }));
-        // Found and written: known present again, so the next write is a plain one.
-        r.commit_op(&op);
-        assert_eq!(r.written().len(), 1);
-        let (unknown, op) = first(&mut r, true, &[]);
-        assert!(unknown.is_empty());
-        assert!(matches!(op, Op::Write { if_in_appl: false, .. }));
-    }
-
-    #[test]
-    fn without_folding_a_recreated_port_is_checked_apart() {
-        let mut r = Reconciler::new(BTreeSet::new());
-        let present: PortSet = [n("Ethernet0")].into_iter().collect();
-        let plan = r.plan([(n("Ethernet0"), set(true, 9100))].into_iter().collect(), &present);
-        r.commit(&plan);
-        r.commit_op(&Op::Delete { name: n("Ethernet0") });
-        let pending: PortMap<_> = [(n("Ethernet0"), set(true, 9100))].into_iter().collect();
-        assert_eq!(r.presence_unknown(&pending), [n("Ethernet0")]);
-        let plan = r.plan(pending, &present);
-        assert!(matches!(plan.ops[0].0, Op::Write { if_in_appl: false, .. }));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::linksync::PortName;
-use crate::pipeline::store::{Applied, PortStore, Reply};
+use crate::pipeline::store::{PortStore, Reply};
 use crate::producer::ProducerStateTable;
 use crate::reconcile::Op;
 use crate::redis_conn::{DbConn, Refusal, WriteError};
@@ -16,21 +16,6 @@ use crate::sonic_db::{SonicDbs, PORT_INIT_DONE, PORT_TABLE};
 
 /// The four STATE_DB fields portsyncd owns, in [`crate::linksync::PortState::fields`] order.
 pub const STATE_FIELDS: [&str; 4] = ["state", "netdev_oper_status", "admin_status", "mtu"];
-
-/// A re-created port's presence check and first write in one command, when APPL_DB and
-/// STATE_DB share a server. KEYS: APPL_DB `PORT_TABLE:<p>`, STATE_DB `PORT_TABLE|<p>`; ARGV:
-/// the APPL_DB id, the STATE_DB id, `1` to DEL the row first (its netdev was deleted: done
-/// whatever APPL_DB holds), then the fields and values. Returns 1 if the row was written, 0 if
-/// APPL_DB has no such port. SELECT in a script changes only the script's database.
-const WRITE_IF_IN_APPL: &str = r"
-if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-redis.call('SELECT', ARGV[1])
-local present = redis.call('EXISTS', KEYS[1])
-redis.call('SELECT', ARGV[2])
-if present == 0 then return 0 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-return 1
-";
 
 /// The event path's Redis writer.
 #[derive(Debug)]
@@ -40,34 +25,19 @@ pub struct Writer {
     producer: ProducerStateTable,
     state_sep: char,
     appl_sep: char,
-    appl_id: i64,
-    state_id: i64,
-    /// [`WRITE_IF_IN_APPL`], when APPL_DB and STATE_DB share a server.
-    write_if_in_appl: Option<redis::Script>,
 }
 
 impl Writer {
     /// A writer for `dbs` (connects lazily); every call may take at most `timeout`.
     pub fn new(dbs: &SonicDbs, timeout: Duration) -> Self {
         let producer = ProducerStateTable::new(PORT_TABLE, dbs.appl.id);
-        let write_if_in_appl =
-            (dbs.appl.info.addr() == dbs.state.info.addr()).then(|| redis::Script::new(WRITE_IF_IN_APPL));
         Self {
             appl: DbConn::new("APPL_DB", dbs.appl.clone(), vec![producer.script().clone()], timeout),
-            state: DbConn::new("STATE_DB", dbs.state.clone(), write_if_in_appl.iter().cloned().collect(), timeout),
+            state: DbConn::new("STATE_DB", dbs.state.clone(), Vec::new(), timeout),
             producer,
             state_sep: dbs.state.separator,
             appl_sep: dbs.appl.separator,
-            appl_id: dbs.appl.id,
-            state_id: dbs.state.id,
-            write_if_in_appl,
         }
-    }
-
-    /// Whether [`Op::Write::if_in_appl`] writes can be applied (APPL_DB and STATE_DB share a
-    /// server).
-    pub fn folds_presence_checks(&self) -> bool {
-        self.write_if_in_appl.is_some()
     }
 
     /// Connects both databases now (start-up: an unreachable Redis is a start-up error).
@@ -143,46 +113,23 @@ impl PortStore for Writer {
             .collect())
     }
 
-    async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Reply<Applied>>, WriteError> {
+    async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Reply>, WriteError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         // Replies per op: 2 for DEL + HSET, 1 otherwise.
         let mut shape = Vec::with_capacity(ops.len());
-        let updown = |b: bool| if b { "up" } else { "down" };
         for op in ops {
             match *op {
-                Op::Write { name, state, delete_first, if_in_appl: true } => {
-                    let Some(script) = &self.write_if_in_appl else {
-                        // The reconciler folds only when told this writer can.
-                        unreachable!("a presence-checked write without the script");
-                    };
-                    pipe.cmd("EVALSHA")
-                        .arg(script.get_hash())
-                        .arg(2)
-                        .arg(format!("{PORT_TABLE}{}{name}", self.appl_sep))
-                        .arg(format!("{PORT_TABLE}{}{name}", self.state_sep))
-                        .arg(self.appl_id)
-                        .arg(self.state_id)
-                        .arg(u8::from(delete_first))
-                        .arg(STATE_FIELDS[0])
-                        .arg("ok")
-                        .arg(STATE_FIELDS[1])
-                        .arg(updown(state.oper_up))
-                        .arg(STATE_FIELDS[2])
-                        .arg(updown(state.admin_up))
-                        .arg(STATE_FIELDS[3])
-                        .arg(state.mtu);
-                    shape.push(1);
-                }
-                Op::Write { name, state, delete_first, if_in_appl: false } => {
+                Op::Write { name, state, delete_first } => {
                     let key = format!("{PORT_TABLE}{}{name}", self.state_sep);
                     if delete_first {
                         pipe.del(&key);
                     }
                     // HSET with every field, as swss-common's Table::set sends it; borrowed
                     // values (the mtu is formatted by redis-rs), so no allocation per field.
+                    let updown = |b: bool| if b { "up" } else { "down" };
                     pipe.cmd("HSET")
                         .arg(key)
                         .arg(STATE_FIELDS[0])
@@ -207,17 +154,9 @@ impl PortStore for Writer {
         let mut it = replies.iter();
         Ok(shape
             .into_iter()
-            .zip(ops)
-            .map(|(n, op)| {
-                let mut outcome = Ok(Applied::Done);
-                for v in it.by_ref().take(n) {
-                    let r = match reply(v) {
-                        // The presence-checked write's 0: no APPL_DB entry.
-                        Ok(()) if matches!(op, Op::Write { if_in_appl: true, .. }) && matches!(v, Value::Int(0)) => {
-                            Ok(Applied::NotInAppl)
-                        }
-                        r => r.map(|()| Applied::Done),
-                    };
+            .map(|n| {
+                let mut outcome = Ok(());
+                for r in it.by_ref().take(n).map(reply) {
                     if outcome.is_ok() {
                         outcome = r;
                     }

@@ -343,7 +343,6 @@ impl Daemon {
             cfg,
         };
         d.pipeline.coalescer.set_partition(partition);
-        d.pipeline.reconciler.fold_presence_checks(d.writer.folds_presence_checks());
         d.source.poll_storms(d.cfg.batch_linger);
         if let Some(addr) = d.cfg.metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(Error::Metrics)?;

@@ -16,7 +16,7 @@ use crate::metrics::Counters;
 use crate::reconcile::{Op, Reconciler};
 use crate::redis_conn::WriteError;
 use retry::{Backoff, RetryQueue};
-use store::{Applied, PortStore};
+use store::PortStore;
 
 /// The changes on their way to Redis.
 #[derive(Debug)]
@@ -161,10 +161,8 @@ impl Pipeline {
             }
         };
         counters.redis_round_trips += 1;
-        counters.redis_commands += ops
-            .iter()
-            .map(|op| 1 + u64::from(matches!(op, Op::Write { delete_first: true, if_in_appl: false, .. })))
-            .sum::<u64>();
+        counters.redis_commands +=
+            ops.iter().map(|op| 1 + u64::from(matches!(op, Op::Write { delete_first: true, .. }))).sum::<u64>();
         let ack = monotonic_ns();
         let mut accepted = 0u64;
         // The per-port lines below go out in one system call.
@@ -172,13 +170,7 @@ impl Pipeline {
         for ((op, p), reply) in plan.ops.into_iter().zip(replies) {
             let name = op.port();
             match reply {
-                Ok(Applied::NotInAppl) => {
-                    self.reconciler.commit_not_in_appl(&op);
-                    self.retry.succeeded(&name);
-                    counters.not_in_appl += 1;
-                    tracing::info!(port = %name, "Cannot find {name} in port table");
-                }
-                Ok(Applied::Done) => {
+                Ok(()) => {
                     accepted += 1;
                     self.reconciler.commit_op(&op);
                     self.retry.succeeded(&name);
@@ -249,7 +241,7 @@ mod tests {
     use super::*;
     use crate::linksync::tests::ev;
     use crate::redis_conn::Refusal;
-    use portsyncd_common::{IFF_RUNNING, IFF_UP, RTM_DELLINK, RTM_NEWLINK};
+    use portsyncd_common::{IFF_RUNNING, IFF_UP, RTM_NEWLINK};
     use std::collections::{BTreeSet, VecDeque};
     use std::time::Duration;
     use store::Reply;
@@ -259,7 +251,7 @@ mod tests {
     #[derive(Default)]
     struct Scripted {
         present: VecDeque<Result<Vec<Reply<bool>>, ()>>,
-        apply: VecDeque<Result<Vec<Reply<Applied>>, ()>>,
+        apply: VecDeque<Result<Vec<Reply>, ()>>,
         init: VecDeque<Result<Reply, ()>>,
         applied: Vec<Vec<Op>>,
         init_calls: u32,
@@ -280,11 +272,11 @@ mod tests {
                 None => Ok(names.iter().map(|_| Ok(true)).collect()),
             }
         }
-        async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Reply<Applied>>, WriteError> {
+        async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Reply>, WriteError> {
             self.applied.push(ops.to_vec());
             match self.apply.pop_front() {
                 Some(r) => r.map_err(|()| lost()),
-                None => Ok(ops.iter().map(|_| Ok(Applied::Done)).collect()),
+                None => Ok(ops.iter().map(|_| Ok(())).collect()),
             }
         }
         async fn port_init_done(&mut self) -> Result<Reply, WriteError> {
@@ -336,12 +328,9 @@ mod tests {
             async fn present_in_appl(&mut self, n: &[PortName]) -> Result<Vec<Reply<bool>>, WriteError> {
                 self.0.present_in_appl(n).await
             }
-            async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Reply<Applied>>, WriteError> {
+            async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Reply>, WriteError> {
                 self.0.applied.push(ops.to_vec());
-                Ok(ops
-                    .iter()
-                    .map(|o| if o.port().as_str() == self.1 { Err(wrongtype()) } else { Ok(Applied::Done) })
-                    .collect())
+                Ok(ops.iter().map(|o| if o.port().as_str() == self.1 { Err(wrongtype()) } else { Ok(()) }).collect())
             }
             async fn port_init_done(&mut self) -> Result<Reply, WriteError> {
                 self.0.port_init_done().await
@@ -383,37 +372,6 @@ mod tests {
         block_on(p.flush(&mut ok, true, t0 + Duration::from_millis(100), &mut c, &mut l)).unwrap();
         assert_eq!(ok.applied.len(), 3, "the retry writes: {:?}", ok.applied);
         assert_eq!(p.backlog(), 0);
-    }
-
-    #[test]
-    fn a_recreated_port_is_written_by_one_presence_checked_command_when_they_fold() {
-        let mut p = pipeline(&[]);
-        p.reconciler.fold_presence_checks(true);
-        let (mut c, mut l) = (Counters::default(), LatencyRecorder::new().unwrap());
-        let t0 = Instant::now();
-        let mut s = Scripted::default();
-        push_up(&mut p, &["Ethernet0"]);
-        block_on(p.flush(&mut s, true, t0, &mut c, &mut l)).unwrap();
-        p.coalescer.push(&ev(RTM_DELLINK, 1, "Ethernet0", 0, 9100), &Default::default());
-        block_on(p.flush(&mut s, true, t0, &mut c, &mut l)).unwrap();
-        let before = (c.redis_commands, c.redis_round_trips);
-        // Re-created while APPL_DB has no entry: Redis writes nothing and says so.
-        s.apply.push_back(Ok(vec![Ok(Applied::NotInAppl)]));
-        push_up(&mut p, &["Ethernet0"]);
-        block_on(p.flush(&mut s, true, t0, &mut c, &mut l)).unwrap();
-        assert!(matches!(s.applied[2][..], [Op::Write { if_in_appl: true, .. }]));
-        assert_eq!((c.redis_commands - before.0, c.redis_round_trips - before.1), (1, 1), "one command, no EXISTS");
-        assert_eq!((c.state_writes, c.not_in_appl), (1, 1));
-        assert_eq!(p.backlog(), 0, "nothing to retry: written again on its next message");
-        // Its next message: the entry exists now, and the row is written.
-        p.coalescer.push(&ev(RTM_NEWLINK, 1, "Ethernet0", IFF_UP, 9100), &Default::default());
-        block_on(p.flush(&mut s, true, t0, &mut c, &mut l)).unwrap();
-        assert!(matches!(s.applied[3][..], [Op::Write { if_in_appl: true, .. }]));
-        assert_eq!(c.state_writes, 2);
-        // Known present again: a plain write.
-        push_up(&mut p, &["Ethernet0"]);
-        block_on(p.flush(&mut s, true, t0, &mut c, &mut l)).unwrap();
-        assert!(matches!(s.applied[4][..], [Op::Write { if_in_appl: false, .. }]));
     }
 
     #[test]

@@ -9,16 +9,6 @@ use crate::redis_conn::{Refusal, WriteError};
 /// One command's outcome: done, or refused by Redis (that port only).
 pub type Reply<T = ()> = Result<T, Refusal>;
 
-/// What STATE_DB did with one op that Redis accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// Done.
-    Done,
-    /// A presence-checked write ([`crate::reconcile::Op::Write::if_in_appl`]) found no APPL_DB
-    /// entry: the row was not written (only deleted, for a `delete_first` write).
-    NotInAppl,
-}
-
 /// Where the pipeline's Redis calls go. `Err` means the connection is lost (or hung past the
 /// deadline): nothing of the call can be trusted, and every change is kept for later.
 #[expect(
@@ -29,7 +19,7 @@ pub trait PortStore {
     /// For each of `names`: does APPL_DB `PORT_TABLE:<p>` exist (one round trip).
     async fn present_in_appl(&mut self, names: &[PortName]) -> Result<Vec<Reply<bool>>, WriteError>;
     /// Applies `ops` to STATE_DB in one round trip; one reply per op, in order.
-    async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Reply<Applied>>, WriteError>;
+    async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Reply>, WriteError>;
     /// Producer-sets APPL_DB `PORT_TABLE:PortInitDone`.
     async fn port_init_done(&mut self) -> Result<Reply, WriteError>;
 }
