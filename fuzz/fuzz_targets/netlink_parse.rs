@@ -1,12 +1,14 @@
 //! One rtnetlink datagram as the event or dump socket receives it ->
 //! `portsyncd::netlink::parse::for_each_message`. Checks: no panic; decoding stops at the first
 //! malformed message and says so; link events are well formed, survive the eBPF ring encoding
-//! unchanged, and go through the LinkSync rules and the coalescer.
+//! unchanged, and go through the LinkSync rules and the coalescer. And the input after its
+//! first 16 bytes (a link message's payload, in a datagram of one) decodes to the same event as
+//! netlink-packet-route decodes it, wherever that crate decodes it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use portsyncd::ebpf::decode_event;
-use portsyncd::netlink::parse::{for_each_message, Message};
+use portsyncd::netlink::parse::{decode_link, decode_link_reference, for_each_message, Message};
 use portsyncd_common::{origin, IFNAMSIZ, KIND_LEN, RTM_DELLINK, RTM_NEWLINK};
 use portsyncd_fuzz::{coalesce, encode_event};
 
@@ -35,4 +37,10 @@ fuzz_target!(|data: &[u8]| {
     // Every message but a malformed one takes at least a 16-byte header.
     assert!(messages <= data.len() / 16 + 1);
     coalesce(&events);
+
+    if let Some(payload) = data.get(16..) {
+        if let Some(reference) = decode_link_reference(RTM_NEWLINK, payload, origin::NETLINK, TIMESTAMP_NS) {
+            assert_eq!(decode_link(RTM_NEWLINK, payload, origin::NETLINK, TIMESTAMP_NS), Some(reference));
+        }
+    }
 });

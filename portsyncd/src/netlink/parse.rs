@@ -1,10 +1,13 @@
 //! Raw netlink datagrams -> [`PortEvent`]s and control messages (`NLMSG_DONE`, `NLMSG_ERROR`).
-//! Link attributes are decoded by netlink-packet-route; only the framing is walked here.
+//! Link messages are decoded here ([`decode_link`]), held to netlink-packet-route's decoding
+//! ([`decode_link_reference`]) by tests.
 
 use netlink_packet_core::{NetlinkBuffer, NLM_F_DUMP_INTR, NLM_F_MULTIPART};
 use netlink_packet_core::{NlasIterator, ParseableParametrized};
 use netlink_packet_route::link::{LinkAttribute, LinkHeader, LinkInfo, LinkMessage};
-use portsyncd_common::ifla::{IFLA_CARRIER, IFLA_IFNAME, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU, IFLA_OPERSTATE};
+use portsyncd_common::ifla::{
+    IFLA_CARRIER, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU, IFLA_OPERSTATE,
+};
 use portsyncd_common::{present, PortEvent, RTM_DELLINK, RTM_NEWLINK};
 
 /// `NLMSG_ERROR`.
@@ -96,9 +99,103 @@ pub fn for_each_message(buf: &[u8], origin: u8, timestamp_ns: u64, mut f: impl F
 /// `ifinfomsg` length: attributes start after it.
 const IFINFOMSG_LEN: usize = 16;
 
-/// Decodes one link message payload (`ifinfomsg` + the attributes we use). netlink-packet-route
-/// decodes the header and each kept attribute; only the choice of attributes is ours.
+/// Decodes one link message payload (`ifinfomsg` + the six attributes we use) straight into a
+/// [`PortEvent`]: a walk over the attributes' framing, no allocation. It reads what
+/// netlink-packet-route reads, with the same checks on what it keeps (exact-size integers, a
+/// name or kind of UTF-8 with at most one trailing NUL, every attribute's length within the
+/// message); [`decode_link_reference`] is that crate's decoding, and the unit tests and the
+/// `link_decode` fuzz target hold this one to it. Only an `IFLA_LINKINFO` nest is read less
+/// strictly: its `IFLA_INFO_KIND` is all we use, so its other members are not decoded. It was
+/// 12% of the daemon's CPU in a netlink-mode flap storm through the crate (an allocation per
+/// attribute, the nest decoded in full).
 pub fn decode_link(msg_type: u16, payload: &[u8], origin: u8, timestamp_ns: u64) -> Option<PortEvent> {
+    let header: &[u8; IFINFOMSG_LEN] = payload.get(..IFINFOMSG_LEN)?.try_into().ok()?;
+    let word = |at: usize| header.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
+    let mut ev = PortEvent::zeroed();
+    ev.timestamp_ns = timestamp_ns;
+    ev.msg_type = msg_type;
+    ev.origin = origin;
+    ev.family = header[0];
+    ev.ifindex = word(4)?;
+    ev.flags = word(8)?;
+    ev.change = word(12)?;
+    for attr in Attributes(payload.get(IFINFOMSG_LEN..)?) {
+        let (kind, value) = attr?;
+        match kind {
+            IFLA_IFNAME => ev.set_name(text(value)?),
+            IFLA_MTU => {
+                ev.mtu = u32::from_ne_bytes(value.try_into().ok()?);
+                ev.present |= present::MTU;
+            }
+            IFLA_MASTER => {
+                ev.master = u32::from_ne_bytes(value.try_into().ok()?);
+                ev.present |= present::MASTER;
+            }
+            IFLA_OPERSTATE => {
+                let [state] = value else { return None };
+                ev.operstate = *state;
+                ev.present |= present::OPERSTATE;
+            }
+            IFLA_CARRIER => {
+                let [carrier] = value else { return None };
+                ev.carrier = *carrier;
+                ev.present |= present::CARRIER;
+            }
+            IFLA_LINKINFO => {
+                for info in Attributes(value) {
+                    let (kind, value) = info?;
+                    if kind == IFLA_INFO_KIND {
+                        ev.set_kind(text(value)?);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(ev)
+}
+
+/// The attributes of a netlink message or nest as `(type, value)`, types without the
+/// NLA_F_NESTED / NLA_F_NET_BYTEORDER flags; `None` (and then the end) at the first whose
+/// length does not fit.
+struct Attributes<'a>(&'a [u8]);
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = Option<(u32, &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let framed = self.0.first_chunk::<4>().and_then(|&[l0, l1, k0, k1]| {
+            let len = usize::from(u16::from_ne_bytes([l0, l1]));
+            let kind = u32::from(u16::from_ne_bytes([k0, k1]) & 0x3fff);
+            (len >= 4).then_some(())?;
+            Some((kind, self.0.get(4..len)?, len))
+        });
+        match framed {
+            Some((kind, value, len)) => {
+                // NLA_ALIGN: the next attribute starts on a 4-byte boundary.
+                self.0 = self.0.get((len + 3) & !3..).unwrap_or_default();
+                Some(Some((kind, value)))
+            }
+            None => {
+                self.0 = &[];
+                Some(None)
+            }
+        }
+    }
+}
+
+/// A name or kind as netlink-packet-route reads it: one trailing NUL dropped, UTF-8.
+fn text(value: &[u8]) -> Option<&[u8]> {
+    let bytes = value.strip_suffix(&[0]).unwrap_or(value);
+    std::str::from_utf8(bytes).ok().map(str::as_bytes)
+}
+
+/// netlink-packet-route's decoding of the same payload into a [`PortEvent`]: the reference
+/// [`decode_link`] is tested against (unit tests, the `link_decode` fuzz target).
+pub fn decode_link_reference(msg_type: u16, payload: &[u8], origin: u8, timestamp_ns: u64) -> Option<PortEvent> {
     let header = LinkHeader::parse(payload).ok()?;
     let family = header.interface_family;
     let mut link = LinkMessage::default();
@@ -214,6 +311,87 @@ pub(crate) mod tests {
         let mut v = Vec::new();
         for_each_message(buf, portsyncd_common::origin::NETLINK, 7, |h, m| v.push((h, m)));
         v
+    }
+
+    /// A kernel-like RTM_NEWLINK payload (after the netlink header) with every attribute the
+    /// decoders read, some they skip, and a LINKINFO nest with data besides the kind.
+    fn full_payload(name: &str, kind: &str) -> Vec<u8> {
+        use netlink_packet_core::Emitable;
+        use netlink_packet_route::link::{InfoData, InfoVeth, State};
+        let mut link = LinkMessage::default();
+        link.header = LinkHeader { index: 77, flags: LinkFlags::from_bits_retain(0x1_1043), ..LinkHeader::default() };
+        link.attributes.push(LinkAttribute::IfName(name.into()));
+        link.attributes.push(LinkAttribute::TxQueueLen(1000));
+        link.attributes.push(LinkAttribute::OperState(State::Up));
+        link.attributes.push(LinkAttribute::Mtu(9100));
+        link.attributes.push(LinkAttribute::Controller(5));
+        link.attributes.push(LinkAttribute::Carrier(1));
+        let mut infos = vec![LinkInfo::Kind(InfoKind::from(kind))];
+        if kind == "veth" {
+            infos.push(LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(LinkMessage::default()))));
+        }
+        link.attributes.push(LinkAttribute::LinkInfo(infos));
+        link.attributes.push(LinkAttribute::Group(0));
+        let mut buf = vec![0; link.buffer_len()];
+        link.emit(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn the_fast_decoder_reads_what_netlink_packet_route_reads() {
+        for kind in ["veth", "bridge", "bond", "team", "vlan", "vxlan", "dummy", "macvlan", "gretap", "no-such-kind"] {
+            for name in ["Ethernet0", "PortChannel0001", "x", "éth"] {
+                let payload = full_payload(name, kind);
+                let fast = decode_link(RTM_NEWLINK, &payload, 3, 99);
+                let reference = decode_link_reference(RTM_NEWLINK, &payload, 3, 99);
+                assert!(reference.is_some(), "{kind}/{name}: the reference failed");
+                assert_eq!(fast, reference, "{kind}/{name}");
+            }
+        }
+        let ev = decode_link(RTM_NEWLINK, &full_payload("Ethernet8", "veth"), 3, 99).unwrap();
+        assert_eq!((ev.ifindex, ev.flags, ev.mtu, ev.master, ev.operstate, ev.carrier), (77, 0x1_1043, 9100, 5, 6, 1));
+        assert_eq!((ev.name_bytes(), ev.kind_bytes()), (&b"Ethernet8"[..], &b"veth"[..]));
+    }
+
+    /// Every truncation and every single-byte change of a full payload: wherever the reference
+    /// decodes, the fast decoder decodes the same event (it is never stricter, and never reads
+    /// something else); where the reference refuses, the fast decoder refuses too, except in the
+    /// LINKINFO nest's members other than the kind, which it does not decode.
+    #[test]
+    fn the_fast_decoder_agrees_with_the_reference_on_damaged_payloads() {
+        let payload = full_payload("Ethernet12", "veth");
+        // Where the LINKINFO attribute starts: walk the attributes after the ifinfomsg.
+        let mut linkinfo_at = IFINFOMSG_LEN;
+        for (kind, value) in Attributes(&payload[IFINFOMSG_LEN..]).flatten() {
+            if kind == IFLA_LINKINFO {
+                break;
+            }
+            linkinfo_at += (4 + value.len() + 3) & !3;
+        }
+        assert!(linkinfo_at < payload.len());
+        let mut checked = 0;
+        let mut agree = |p: &[u8], lenient_ok: bool| {
+            let fast = decode_link(RTM_NEWLINK, p, 0, 0);
+            let reference = decode_link_reference(RTM_NEWLINK, p, 0, 0);
+            match (&fast, &reference) {
+                (_, Some(_)) => assert_eq!(fast, reference, "{p:?}"),
+                (None, None) => {}
+                (Some(_), None) => assert!(lenient_ok, "fast decoded what the reference refused: {p:?}"),
+            }
+            checked += 1;
+        };
+        for len in 0..payload.len() {
+            agree(&payload[..len], true);
+        }
+        for at in 0..payload.len() {
+            for v in [0u8, 1, 3, 4, 0x7f, 0x80, 0xff] {
+                let mut p = payload.clone();
+                p[at] = v;
+                // Changes inside the nest's header or members may leave only the reference failing.
+                agree(&p, at >= linkinfo_at);
+            }
+        }
+        assert_eq!(checked, payload.len() * 8);
     }
 
     #[test]
