@@ -576,16 +576,21 @@ mod tests {
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 50);
     }
 
-    /// Shared state whose syslog socket is `path`.
-    fn shared_at(path: &std::path::Path) -> Arc<Shared> {
-        Arc::new(Shared {
+    /// A syslog socket of our own (non-blocking receiver) and shared state that logs to it.
+    fn syslog_socket() -> (tempfile::TempDir, UnixDatagram, Arc<Shared>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let shared = Arc::new(Shared {
             output: AtomicU8::new(Output::Syslog as u8),
             max_level: AtomicU8::new(5),
-            syslog_path: path.to_path_buf(),
+            syslog_path: path,
             syslog: Mutex::new(Syslog::default()),
             dropped: Default::default(),
             developer: false,
-        })
+        });
+        (dir, rx, shared)
     }
 
     fn received(sock: &UnixDatagram) -> Vec<String> {
@@ -599,11 +604,7 @@ mod tests {
 
     #[test]
     fn held_syslog_lines_go_out_together_in_order_when_the_guard_drops() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        rx.set_nonblocking(true).unwrap();
-        let shared = shared_at(&path);
+        let (_dir, rx, shared) = syslog_socket();
         let w = SyslogWriter(Arc::clone(&shared));
         let log = |text: &str| {
             let mut line = w.make_writer();
@@ -634,11 +635,7 @@ mod tests {
 
     #[test]
     fn held_lines_a_full_syslog_queue_cannot_take_are_counted_as_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        rx.set_nonblocking(true).unwrap();
-        let shared = shared_at(&path);
+        let (_dir, rx, shared) = syslog_socket();
         let w = SyslogWriter(Arc::clone(&shared));
         const LINES: usize = 5000;
         {
