@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use portsyncd_e2e::storm::{kernel_in_storm_final, storm_lines};
 use portsyncd_e2e::{
-    all_links, appl_db_port_table, capture_tests, seed_config_ports, Capture, DaemonOpts, Fixture, DEFAULT_TIMEOUT,
+    all_links, appl_db_port_table, capture_tests, seed_config_ports, Capture, DaemonOpts, Fixture, Orchagent,
+    RedisServer, APPL_DB, DEFAULT_TIMEOUT,
 };
 use serde_json::Value;
 
@@ -119,6 +120,41 @@ fn kill_and_restart_empty(mode: Capture, storm: bool) {
     fx.daemon().wait_stats(DEFAULT_TIMEOUT, "counters.redis_restarts > 0", |s| s.counter("redis_restarts") > 0);
 }
 
+/// After an empty restart the daemon publishes CONFIG_DB's ports again, but a port is in
+/// APPL_DB `PORT_TABLE` only once orchagent has consumed it. Here orchagent comes back 3 s
+/// after the restart: the resync must wait for it rather than find every port "not in the port
+/// table" and leave STATE_DB empty.
+fn scenario_restart_empty_orchagent_late(mode: Capture) {
+    const N: u32 = 16;
+    let mut fx = start(mode, N);
+    fx.ns.batch(&storm_lines(N, 1));
+    fx.wait_state_matches_kernel(&fx.ports, RECOVERY, kernel_in_storm_final(N));
+    // No consumer on this Redis for now (the stand-in listens to a Redis of its own).
+    let elsewhere = RedisServer::start();
+    drop(std::mem::replace(&mut fx.orch, Orchagent::start(&elsewhere)));
+    fx.redis.restart_with(|r| {
+        seed_config_ports(r, N);
+    });
+    let redis = &fx.redis;
+    fx.daemon.as_mut().expect("daemon").wait_for(RECOVERY, "PortConfigDone published again", || {
+        if portsyncd_e2e::db::hgetall(&mut redis.conn(APPL_DB), "_PORT_TABLE:PortConfigDone").is_empty() {
+            Err("not yet".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let written: Vec<String> = fx.ports.iter().filter(|p| !fx.state_entry(p).is_empty()).cloned().collect();
+    assert!(written.is_empty(), "rows written while no port was in APPL_DB PORT_TABLE: {written:?}");
+    fx.orch = Orchagent::start(&fx.redis);
+    assert_recovered(&mut fx, N, "Redis restarted empty, orchagent 3 s late");
+    assert!(
+        fx.daemon().log().contains("orchagent consumed the published ports; resyncing"),
+        "{}",
+        fx.daemon().log_tail(30)
+    );
+}
+
 fn scenario_client_kill(mode: Capture) {
     const N: u32 = 32;
     let mut fx = start(mode, N);
@@ -152,4 +188,6 @@ capture_tests! {
     scenario_kill_and_restart_empty => redis_restart_empty_mid_storm_rebuilds_appl_and_state_netlink, redis_restart_empty_mid_storm_rebuilds_appl_and_state_ebpf;
     scenario_kill_and_restart_empty_idle => redis_restart_empty_while_idle_rebuilds_appl_and_state_netlink, redis_restart_empty_while_idle_rebuilds_appl_and_state_ebpf;
     scenario_client_kill => client_kill_three_times_during_flaps_is_survived_netlink, client_kill_three_times_during_flaps_is_survived_ebpf;
+    scenario_restart_empty_orchagent_late => redis_restart_empty_with_orchagent_late_still_rebuilds_state_netlink,
+        redis_restart_empty_with_orchagent_late_still_rebuilds_state_ebpf;
 }

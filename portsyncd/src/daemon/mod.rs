@@ -29,6 +29,7 @@ use crate::metrics::Counters;
 use crate::netlink::dump::BackgroundDump;
 use crate::netlink::socket::NlSocket;
 use crate::pipeline::retry::Backoff;
+use crate::pipeline::store::PortStore;
 use crate::pipeline::Pipeline;
 use crate::reconcile::Reconciler;
 use crate::redis_conn::WriteError;
@@ -185,7 +186,21 @@ struct RedisHealth {
     run_id: String,
     /// redis-server restarted: the CONFIG_DB ports are to be published again.
     republish_pending: bool,
+    /// After publishing them again: the ports orchagent has not moved into APPL_DB
+    /// `PORT_TABLE` yet, and until when the resync waits for it.
+    appl_wait: Option<ApplWait>,
 }
+
+/// The resync after a republication waits until orchagent has consumed the published ports:
+/// before that every port reads as "not in the port table" and its row would not be written.
+#[derive(Debug)]
+struct ApplWait {
+    missing: Vec<crate::linksync::PortName>,
+    deadline: Instant,
+}
+
+/// How long the resync after a republication waits for orchagent to consume the ports.
+const APPL_WAIT: Duration = Duration::from_secs(10);
 
 /// Capture as the exports report it.
 #[derive(Debug)]
@@ -318,6 +333,7 @@ impl Daemon {
                 retry_backoff: Duration::from_millis(100),
                 run_id,
                 republish_pending: false,
+                appl_wait: None,
             },
             need_resync: false,
             stats_dirty: true,
@@ -513,6 +529,8 @@ impl Daemon {
                     "redis-server restarted: published CONFIG_DB ports and PortConfigDone again"
                 );
                 let port_set = self.leader_republished(&port_set).await;
+                let missing = port_set.iter().filter_map(|p| crate::linksync::PortName::new(p.as_bytes())).collect();
+                self.redis.appl_wait = Some(ApplWait { missing, deadline: Instant::now() + APPL_WAIT });
                 self.pipeline.reconciler.restart_init(port_set);
                 self.pipeline.reconciler.forget_redis();
                 self.redis.republish_pending = false;
@@ -525,7 +543,41 @@ impl Daemon {
     /// A resync is owed and can run: Redis is up and, after a restart, APPL_DB has its ports
     /// again (a resync before that would find every port "not in the port table").
     fn resync_due(&self) -> bool {
-        self.need_resync && self.redis.down_since.is_none() && !self.redis.republish_pending
+        self.need_resync
+            && self.redis.down_since.is_none()
+            && !self.redis.republish_pending
+            && self.redis.appl_wait.is_none()
+    }
+
+    /// After a republication: drops the ports orchagent has moved into APPL_DB `PORT_TABLE`
+    /// since the last check; the wait ends when none is left, or at its deadline (the resync
+    /// then writes what it can, and the rest is written on its next netlink message).
+    async fn check_appl_wait(&mut self) {
+        let Some(wait) = self.redis.appl_wait.as_mut() else { return };
+        match self.writer.present_in_appl(&wait.missing).await {
+            Ok(present) => {
+                let mut left = Vec::new();
+                for (name, p) in wait.missing.iter().zip(present) {
+                    if p != Ok(true) {
+                        left.push(*name);
+                    }
+                }
+                wait.missing = left;
+            }
+            Err(e) => return self.redis_lost(e),
+        }
+        if let Some(example) = wait.missing.first().filter(|_| Instant::now() >= wait.deadline) {
+            tracing::warn!(
+                missing = wait.missing.len(),
+                %example,
+                wait_s = APPL_WAIT.as_secs(),
+                "published ports still not in APPL_DB PORT_TABLE (orchagent has not consumed them); resyncing anyway"
+            );
+            self.redis.appl_wait = None;
+        } else if wait.missing.is_empty() {
+            tracing::info!("orchagent consumed the published ports; resyncing");
+            self.redis.appl_wait = None;
+        }
     }
 
     async fn event_loop(&mut self, signals: &mut Signals) -> Result<(), Error> {
@@ -600,6 +652,9 @@ impl Daemon {
                     {
                         last_republish = Instant::now();
                         self.republish().await;
+                    }
+                    if self.redis.down_since.is_none() {
+                        self.check_appl_wait().await;
                     }
                     if self.pipeline.next_retry().is_some_and(|t| t <= Instant::now()) {
                         self.flush().await;
