@@ -258,8 +258,7 @@ impl Daemon {
         rt.registry.record.share_seen = false;
         let ports = share_of(&leader.init_ports, self.pipeline.coalescer.partition());
         // As the leader's own resync: once orchagent has consumed what the leader published.
-        let missing = ports.iter().filter_map(|p| crate::linksync::PortName::new(p.as_bytes())).collect();
-        self.redis.appl_wait = Some(super::ApplWait { missing, deadline: Instant::now() + super::APPL_WAIT });
+        self.redis.appl_wait = Some(super::ApplWait::for_ports(&ports));
         self.pipeline.reconciler.restart_init(ports);
         self.pipeline.reconciler.forget_redis();
         self.redis.republish_pending = false;

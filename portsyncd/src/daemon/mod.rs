@@ -143,6 +143,17 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     d.event_loop(&mut signals).await
 }
 
+/// The event socket, joined to RTNLGRP_LINK before any dump so that nothing between the dump
+/// and the subscription is missed.
+fn open_source(cfg: &Config) -> Result<Source, Error> {
+    let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
+    tracing::info!(requested = cfg.rcvbuf, granted, "event socket joined RTNLGRP_LINK");
+    Ok(match cfg.test_recv_buf {
+        Some(bytes) => Source::with_recv_buf(sock, None, bytes),
+        None => Source::new(sock, None),
+    })
+}
+
 /// Chooses eBPF or netlink capture per `--capture`. `auto` falls back to netlink only for
 /// reasons of the host (privileges, kernel support, verifier); anything else is an error.
 fn select_capture(
@@ -197,6 +208,14 @@ struct RedisHealth {
 struct ApplWait {
     missing: Vec<crate::linksync::PortName>,
     deadline: Instant,
+}
+
+impl ApplWait {
+    /// Waiting, from now, for `ports` (the ones just published).
+    fn for_ports(ports: &std::collections::BTreeSet<String>) -> Self {
+        let missing = ports.iter().filter_map(|p| crate::linksync::PortName::new(p.as_bytes())).collect();
+        ApplWait { missing, deadline: Instant::now() + APPL_WAIT }
+    }
 }
 
 /// How long the resync after a republication waits for orchagent to consume the ports.
@@ -258,22 +277,17 @@ impl Daemon {
             crate::redis_conn::set_client_name(format!("portsyncd-{}", cfg.instance_id));
         }
         let dbs = SonicDbs::resolve(&cfg.redis)?;
-        // Subscribe before dumping, so nothing between the dump and the subscription is missed.
-        let (sock, granted) = NlSocket::open_events(cfg.rcvbuf)?;
-        tracing::info!(requested = cfg.rcvbuf, granted, "event socket joined RTNLGRP_LINK");
-        let mut source = match cfg.test_recv_buf {
-            Some(bytes) => Source::with_recv_buf(sock, None, bytes),
-            None => Source::new(sock, None),
-        };
         // One daemon dumps while the start-up sequence runs (the dump is the longest step of a
-        // warm start). An instance of several may wait seconds for its leader, so it dumps when
-        // it is ready.
-        let early_dump = if cfg.instances == 1 {
-            // Whatever is queued is older than the snapshot about to be taken.
-            source.discard_queued()?;
-            Some(BackgroundDump::spawn(sync::dump_options(&cfg, true))?)
-        } else {
-            None
+        // warm start). An instance of several may wait seconds for its leader, so it subscribes
+        // and dumps when it is ready (its socket would only fill up meanwhile).
+        let early = match cfg.instances {
+            1 => {
+                let mut source = open_source(&cfg)?;
+                // Whatever is queued is older than the snapshot about to be taken.
+                source.discard_queued()?;
+                Some((source, BackgroundDump::spawn(sync::dump_options(&cfg, true))?))
+            }
+            _ => None,
         };
         let mut writer = Writer::new(&dbs, cfg.redis_timeout);
         // An unreachable Redis at start is fatal (one clear line from main), as in the C++ daemon.
@@ -298,6 +312,10 @@ impl Daemon {
         let log_refresh = std::sync::Arc::new(tokio::sync::Notify::new());
         tokio::spawn(crate::logging::watch_config(dbs.config.clone(), cfg.redis_timeout, log_refresh.clone()));
 
+        let (source, early_dump) = match early {
+            Some((source, dump)) => (source, Some(dump)),
+            None => (open_source(&cfg)?, None),
+        };
         // The loop cannot report its own stall: the watchdog's thread tells systemd.
         let (watchdog, heartbeat) = Watchdog::start(cfg.stall_watchdog, |stalled_ms| {
             let status = format!("unhealthy: loop_stalled ({stalled_ms} ms)");
@@ -529,8 +547,7 @@ impl Daemon {
                     "redis-server restarted: published CONFIG_DB ports and PortConfigDone again"
                 );
                 let port_set = self.leader_republished(&port_set).await;
-                let missing = port_set.iter().filter_map(|p| crate::linksync::PortName::new(p.as_bytes())).collect();
-                self.redis.appl_wait = Some(ApplWait { missing, deadline: Instant::now() + APPL_WAIT });
+                self.redis.appl_wait = Some(ApplWait::for_ports(&port_set));
                 self.pipeline.reconciler.restart_init(port_set);
                 self.pipeline.reconciler.forget_redis();
                 self.redis.republish_pending = false;
