@@ -368,9 +368,7 @@ impl StdLine {
             StdTarget::Err(e) => e,
         }
     }
-}
 
-impl StdLine {
     fn output(&self) -> Output {
         match self.target {
             StdTarget::Out(_) => Output::Stdout,
