@@ -171,6 +171,8 @@ fn select_capture(
         Ok(cap) => {
             tracing::info!(
                 load_us = cap.load_duration().as_micros() as u64,
+                verify_us = cap.verify_duration().as_micros() as u64,
+                kernel_btf_parsed = cap.kernel_btf() == crate::ebpf::BtfAccess::Readable,
                 ring_bytes = cfg.ring_bytes,
                 "capture mode: ebpf (socket filter attached)"
             );

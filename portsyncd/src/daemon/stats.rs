@@ -59,6 +59,8 @@ impl Daemon {
                 "not_link": counters.not_link,
                 "other_instance": counters.other_instance,
                 "load_us": c.load_duration().as_micros() as u64,
+                "verify_us": c.verify_duration().as_micros() as u64,
+                "kernel_btf_parsed": c.kernel_btf() == crate::ebpf::BtfAccess::Readable,
             })
         });
         let mut counters = self.counters;

@@ -6,6 +6,10 @@
 //! `auto` fall back, against real errors), next to the load it describes; the ring decoding and
 //! the object checks are small and share the same map and layout facts.
 
+mod btf_blind;
+
+pub use btf_blind::BtfAccess;
+
 use std::{
     fmt, io,
     mem::{offset_of, size_of},
@@ -292,6 +296,7 @@ pub struct EbpfCapture {
     load_duration: Duration,
     verify_duration: Duration,
     verified_instructions: Option<u32>,
+    kernel_btf: BtfAccess,
     logger: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the program and the remaining maps (FILTER_CONFIG) alive.
     _ebpf: Ebpf,
@@ -305,6 +310,7 @@ impl fmt::Debug for EbpfCapture {
             .field("load_duration", &self.load_duration)
             .field("verify_duration", &self.verify_duration)
             .field("verified_instructions", &self.verified_instructions)
+            .field("kernel_btf", &self.kernel_btf)
             .field("logger", &self.logger.is_some())
             .finish_non_exhaustive()
     }
@@ -342,12 +348,13 @@ impl EbpfCapture {
         raise_memlock_limit();
 
         let started = Instant::now();
-        // The filter reads only stable UAPI, no kernel structs: no BTF relocations needed.
-        let mut bpf = EbpfLoader::new()
-            .btf(None)
-            .map_max_entries(EVENTS_MAP, cfg.ring_bytes)
-            .load(object())
-            .map_err(classify_load_error)?;
+        // The filter reads only stable UAPI, no kernel structs: no BTF relocations needed, and
+        // the loader does not get to read the kernel's (see btf_blind).
+        let ring_bytes = cfg.ring_bytes;
+        let (loaded, kernel_btf) = btf_blind::run_without_kernel_btf(|| {
+            EbpfLoader::new().btf(None).map_max_entries(EVENTS_MAP, ring_bytes).load(object())
+        });
+        let mut bpf = loaded.map_err(classify_load_error)?;
         let logger = start_logger(&mut bpf);
 
         let filter_map = bpf.map_mut(FILTER_MAP).ok_or(EbpfError::Missing { kind: "map", name: FILTER_MAP })?;
@@ -392,6 +399,7 @@ impl EbpfCapture {
             load_duration,
             verify_duration,
             verified_instructions,
+            kernel_btf,
             logger,
             _ebpf: bpf,
         })
@@ -486,10 +494,16 @@ impl EbpfCapture {
         })
     }
 
-    /// Time from starting the object load to the program being attached: object parsing (aya
-    /// also reads the kernel's BTF here, unused), map creation, verification and `SO_ATTACH_BPF`.
+    /// Time from starting the object load to the program being attached: object parsing (and
+    /// the kernel's BTF, unused, where it could not be hidden), map creation, verification and
+    /// `SO_ATTACH_BPF`.
     pub fn load_duration(&self) -> Duration {
         self.load_duration
+    }
+
+    /// Whether aya's loader could read (and so parsed) the kernel's BTF.
+    pub fn kernel_btf(&self) -> BtfAccess {
+        self.kernel_btf
     }
 
     /// The `BPF_PROG_LOAD` part of [`Self::load_duration`]: verification and JIT.
