@@ -24,6 +24,9 @@ pub enum Error {
     /// Reading events.
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    /// The event loop's tick timer (a timerfd).
+    #[error("event loop timer failed")]
+    Timer(#[source] std::io::Error),
     /// `--capture ebpf` and the program could not be loaded.
     #[error("eBPF capture required (--capture ebpf) but unavailable")]
     EbpfRequired(#[source] Box<crate::ebpf::EbpfError>),

@@ -62,13 +62,17 @@ impl Watchdog {
         shared.last_turn_ns.store(monotonic_ns(), Ordering::Relaxed);
         let s = Arc::clone(&shared);
         let check_every = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        // Nothing pending at the last turn: no stall can be under way that this check would not
+        // still catch before it lasts `limit`; an idle daemon wakes this thread rarely.
+        let idle_every = (limit / 2).clamp(check_every, Duration::from_secs(5));
         let handle = std::thread::Builder::new()
             .name("stall-watchdog".into())
             .spawn(move || {
                 // The turn a stall was reported for: one report per stall, however long it lasts.
                 let mut reported_turn = None;
                 while !s.stop.load(Ordering::Relaxed) {
-                    std::thread::park_timeout(check_every);
+                    let idle = s.pending.load(Ordering::Relaxed) == 0;
+                    std::thread::park_timeout(if idle { idle_every } else { check_every });
                     let last = s.last_turn_ns.load(Ordering::Relaxed);
                     let pending = s.pending.load(Ordering::Relaxed);
                     let now = monotonic_ns();

@@ -47,6 +47,10 @@
 //!   `_PORT_TABLE:PortInitDone`; `old_down_ms` = spawn to the last admin-down notification;
 //!   `state_db_writes` on warm restart must be 0. The daemon's own latency summary
 //!   (`daemon_latency_*`) covers its whole life, port set-up included.
+//! - idle: after the warm restart, once its own after-work is done (8 s), the daemon's CPU and
+//!   context switches (its wake-ups: voluntary ones are sleeps it woke from) over `--idle-secs`
+//!   with nothing happening, as CPU ms per minute and switches per second. A switch daemon is
+//!   idle nearly all its life.
 
 mod analysis;
 mod dut;
@@ -131,6 +135,9 @@ pub struct Options {
     /// Quiet time (no kernel event, no STATE_DB write) after which a run counts as settled.
     #[arg(long, default_value_t = 300)]
     pub settle_ms: u64,
+    /// How long the startup scenario measures the daemon idle after its warm restart.
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
     /// A STATE_DB write up to this long before the bench received a kernel event still belongs
     /// to it (latency 0): the bench's own wake-up delay, which a busy daemon does not pay.
     #[arg(long, default_value_t = 250)]
@@ -307,6 +314,7 @@ fn storm(opts: Options) -> anyhow::Result<()> {
         ports: opts.ports.unwrap_or(if opts.quick { 64 } else { 512 }),
         rounds: opts.rounds.max(1),
         settle: Duration::from_millis(opts.settle_ms),
+        idle: Duration::from_secs(opts.idle_secs.max(1)),
     };
     let reps = opts.reps.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
     let scenarios = scenarios(&opts);
@@ -380,6 +388,7 @@ fn storm(opts: Options) -> anyhow::Result<()> {
             "modes": modes.iter().map(Mode::label).collect::<Vec<_>>(),
             "compare_cmd": opts.compare_cmd,
             "settle_ms": opts.settle_ms,
+            "idle_secs": opts.idle_secs,
             "daemon": bin,
         });
         let doc = report::json_doc(config, host_info(), &runs, &summary);

@@ -42,14 +42,23 @@ use crate::warm_restart::state_file::{StateFileConfig, StateStore};
 use crate::watchdog::{Heartbeat, Watchdog};
 use crate::writer::Writer;
 
-/// How often stats are refreshed and timers checked.
+/// How often stats are refreshed and timers checked while anything is in progress (see
+/// [`Daemon::tick_period`]).
 const TICK: Duration = Duration::from_millis(200);
+/// The same when idle (at most half systemd's watchdog period, whose pings the tick sends):
+/// each tick is a wake-up, and a switch's daemon is idle nearly always. Nothing waits on an idle
+/// tick: events wake the loop at once, and whatever they leave in progress (a refused write, a
+/// lost Redis) brings the short tick back.
+const IDLE_TICK: Duration = Duration::from_secs(5);
 /// Longest wait between reconnection attempts while Redis is unreachable.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a final flush may take at shutdown.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// While Redis is up, how often its run_id is checked (a restart is noticed even when idle).
 const REDIS_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The same when idle: a round trip is a second wake-up, and with nothing to write a restart
+/// noticed a few seconds later loses nothing (the C++ daemon notices at its next write).
+const REDIS_CHECK_IDLE: Duration = Duration::from_secs(5);
 /// COUNTERS_DB component stats are written at most this often (SONiC's convention).
 const COUNTERS_DB_EVERY: Duration = Duration::from_secs(1);
 /// After redis-server restarted, how often CONFIG_DB is checked for ports to publish again.
@@ -499,6 +508,30 @@ impl Daemon {
         }
     }
 
+    /// Nothing in progress: Redis up and nothing owed to it (no change pending or backing off,
+    /// no resync or republication, PortInitDone written), and no other instance to keep in
+    /// step with. Then the loop ticks every [`IDLE_TICK`] (or half systemd's watchdog period, if
+    /// shorter) and checks Redis every
+    /// [`REDIS_CHECK_IDLE`]; events wake it at once either way.
+    fn idle(&self) -> bool {
+        self.redis.down_since.is_none()
+            && !self.redis.republish_pending
+            && self.redis.appl_wait.is_none()
+            && !self.need_resync
+            && self.pipeline.backlog() == 0
+            && self.pipeline.next_retry().is_none()
+            && self.pipeline.reconciler.port_init_done()
+            && self.instance.is_none()
+    }
+
+    fn tick_period(&self, idle_tick: Duration) -> Duration {
+        if self.idle() {
+            idle_tick
+        } else {
+            TICK
+        }
+    }
+
     /// While Redis is down: one probe per backoff step; while it is up: one liveness check a
     /// second, so a restart is noticed even when nothing is being written. Back up (or found
     /// restarted): a resync rewrites what may have been lost; after a restart (new run_id) the
@@ -600,8 +633,13 @@ impl Daemon {
     }
 
     async fn event_loop(&mut self, signals: &mut Signals) -> Result<(), Error> {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // A timerfd rather than tokio's interval: tokio's timer wheel wakes the thread once more
+        // on the way to any deadline over 64 ms away.
+        let mut tick = crate::timer::PreciseTimer::new().map_err(Error::Timer)?;
+        // Pinged from the loop itself, so a loop that stops turning stops the pings.
+        let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
+        let idle_tick = watchdog.map_or(IDLE_TICK, |w| w.min(IDLE_TICK));
+        let mut next_tick = crate::clock::monotonic_ns() + self.tick_period(idle_tick).as_nanos() as u64;
         let mut events: Vec<PortEvent> = Vec::with_capacity(self.cfg.batch_max);
         let now = Instant::now();
         let mut last_probe = now;
@@ -609,8 +647,6 @@ impl Daemon {
         let mut last_interval = now;
         let mut last_reconcile = now;
         let mut last_republish = now;
-        // Pinged from the loop itself, so a loop that stops turning stops the pings.
-        let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
         let mut last_watchdog = now;
         let mut last_log = crate::logging::control().map(|c| c.current());
         let mut last_counters_db = now;
@@ -659,9 +695,17 @@ impl Daemon {
                     if self.resync_due() {
                         self.resync().await?;
                     }
+                    // A refusal to retry or a lost Redis wants the short tick from now on.
+                    let soon = crate::clock::monotonic_ns() + self.tick_period(idle_tick).as_nanos() as u64;
+                    next_tick = next_tick.min(soon);
                 }
-                _ = tick.tick() => {
-                    let probe_every = if self.redis.down_since.is_some() { self.redis.retry_backoff } else { REDIS_CHECK_EVERY };
+                r = tick.sleep_until(next_tick) => {
+                    r.map_err(Error::Timer)?;
+                    let probe_every = match (self.redis.down_since, self.idle()) {
+                        (Some(_), _) => self.redis.retry_backoff,
+                        (None, true) => REDIS_CHECK_IDLE,
+                        (None, false) => REDIS_CHECK_EVERY,
+                    };
                     if last_probe.elapsed() >= probe_every {
                         last_probe = Instant::now();
                         self.check_redis().await;
@@ -724,6 +768,7 @@ impl Daemon {
                         last_counters_db = Instant::now();
                         self.export_counters_db(snap).await;
                     }
+                    next_tick = crate::clock::monotonic_ns() + self.tick_period(idle_tick).as_nanos() as u64;
                 }
             }
         }

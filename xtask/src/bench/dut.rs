@@ -14,7 +14,7 @@ use portsyncd_e2e::netns::ip_bin;
 use portsyncd_e2e::{Capture, Daemon, DaemonOpts, NetNs, RedisServer, Stats};
 use std::os::unix::process::CommandExt;
 
-use super::procstat::{cpu_of, pids_in_group, rss_of, CpuSample};
+use super::procstat::{cpu_of, pids_in_group, rss_of, switches_of, CpuSample, Switches};
 
 /// What runs in one mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +88,15 @@ impl Dut {
             Dut::Ours(d) => cpu_of(&[d.pid() as i32]),
             Dut::Cluster(v) => cpu_of(&v.iter().map(|d| d.pid() as i32).collect::<Vec<_>>()),
             Dut::External(e) => cpu_of(&pids_in_group(e.pgid)),
+        }
+    }
+
+    /// Context switches of the daemon so far (as [`Self::cpu`], every process of an external one).
+    pub fn context_switches(&self) -> Switches {
+        match self {
+            Dut::Ours(d) => switches_of(&[d.pid() as i32]),
+            Dut::Cluster(v) => switches_of(&v.iter().map(|d| d.pid() as i32).collect::<Vec<_>>()),
+            Dut::External(e) => switches_of(&pids_in_group(e.pgid)),
         }
     }
 

@@ -1,5 +1,6 @@
-//! CPU time of the daemon under test from /proc: a set of pids in, nanoseconds on CPU out, both
-//! from per-thread schedstat (ns resolution) and from `stat` utime+stime (clock ticks).
+//! CPU time of the daemon under test: a set of pids in, nanoseconds on CPU out, both from each
+//! process's CPU-time clock (ns resolution, threads that exited included) and from `stat`
+//! utime+stime (clock ticks).
 
 use std::fs;
 
@@ -8,7 +9,10 @@ use anyhow::Context;
 /// CPU consumed so far by a set of processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuSample {
-    /// Sum over every thread of `/proc/<pid>/task/<tid>/schedstat` field 1 (ns on CPU).
+    /// Sum over the processes of their CPU-time clock (`clock_getcpuclockid`): every thread's
+    /// time on CPU, those that already exited included. (Summing `/proc/<pid>/task/*/schedstat`
+    /// instead lost the time of short-lived threads such as the daemon's dump and eBPF-loader
+    /// threads, or of any thread that ended between two samples.)
     pub sched_ns: u64,
     /// Sum of `/proc/<pid>/stat` utime+stime, converted from clock ticks.
     pub ticks_ns: u64,
@@ -19,7 +23,7 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    /// `self - earlier`, saturating (a thread that exited takes its schedstat with it).
+    /// `self - earlier`, saturating (a process that exited takes its time with it).
     pub fn since(self, earlier: CpuSample) -> CpuSample {
         CpuSample {
             sched_ns: self.sched_ns.saturating_sub(earlier.sched_ns),
@@ -53,6 +57,40 @@ pub fn rss_of(pids: &[i32]) -> u64 {
         .sum()
 }
 
+/// Context switches of each thread of a set of processes: tid -> (voluntary, involuntary). A
+/// voluntary switch is a sleep, so each one is later a wake-up.
+#[derive(Debug, Clone, Default)]
+pub struct Switches(std::collections::BTreeMap<u64, (u64, u64)>);
+
+impl Switches {
+    /// (voluntary, involuntary) switches since `earlier`, of the threads alive now: a thread
+    /// that exited in between takes its counts with it (no process-wide total includes them),
+    /// so it is left out rather than subtracted.
+    pub fn since(&self, earlier: &Switches) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(v, i), (tid, (nv, ni))| {
+            let (ov, oi) = earlier.0.get(tid).copied().unwrap_or((0, 0));
+            (v + nv.saturating_sub(ov), i + ni.saturating_sub(oi))
+        })
+    }
+}
+
+/// Context switches of every thread of the processes `pids` so far.
+pub fn switches_of(pids: &[i32]) -> Switches {
+    let mut s = Switches::default();
+    for &pid in pids {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+            let Ok(text) = fs::read_to_string(t.path().join("status")) else { continue };
+            let field = |name: &str| {
+                text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+            };
+            s.0.insert(tid, (field("voluntary_ctxt_switches:"), field("nonvoluntary_ctxt_switches:")));
+        }
+    }
+    s
+}
+
 /// CPU of the processes `pids` (all their threads).
 pub fn cpu_of(pids: &[i32]) -> anyhow::Result<CpuSample> {
     let tick = ns_per_tick();
@@ -65,12 +103,12 @@ pub fn cpu_of(pids: &[i32]) -> anyhow::Result<CpuSample> {
         // Fields 16 (cutime) and 17 (cstime).
         let children: u64 = [13, 14].iter().filter_map(|&i| f.get(i)?.parse::<u64>().ok()).sum();
         sample.children_ns += children * tick;
-        let tasks = fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("/proc/{pid}/task"))?;
-        for t in tasks.flatten() {
-            let Ok(text) = fs::read_to_string(t.path().join("schedstat")) else { continue };
-            if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
-                sample.sched_ns += ns;
-            }
+        let clock = nix::time::clock_getcpuclockid(nix::unistd::Pid::from_raw(pid))
+            .with_context(|| format!("CPU clock of pid {pid}"))?;
+        // A process that exited since `stat` was read counts what `stat` said.
+        match nix::time::clock_gettime(clock) {
+            Ok(t) => sample.sched_ns += t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
+            Err(_) => sample.sched_ns += ticks * tick,
         }
     }
     Ok(sample)
@@ -130,5 +168,37 @@ mod tests {
         let me = std::process::id() as i32;
         let pgid = nix::unistd::getpgid(None).unwrap().as_raw();
         assert!(pids_in_group(pgid).contains(&me));
+    }
+
+    #[test]
+    fn cpu_of_a_thread_that_exited_still_counts() {
+        let me = [std::process::id() as i32];
+        let before = cpu_of(&me).unwrap();
+        let burned = std::thread::spawn(|| {
+            let t = std::time::Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < std::time::Duration::from_millis(50) {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            // The thread's own CPU clock: what it really got, whatever the machine's load.
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap()
+        })
+        .join()
+        .unwrap();
+        let burned_ns = burned.tv_sec() as u64 * 1_000_000_000 + burned.tv_nsec() as u64;
+        let after = cpu_of(&me).unwrap();
+        assert!(burned_ns > 0);
+        assert!(
+            after.since(before).sched_ns >= burned_ns,
+            "the exited thread's {burned_ns} ns are missing: {:?}",
+            after.since(before)
+        );
+    }
+
+    #[test]
+    fn switches_since_leave_out_threads_that_exited_and_count_new_ones_whole() {
+        let earlier = Switches([(1, (10, 1)), (2, (50, 5))].into_iter().collect());
+        let now = Switches([(1, (14, 2)), (3, (3, 0))].into_iter().collect());
+        assert_eq!(now.since(&earlier), (4 + 3, 1));
     }
 }

@@ -76,7 +76,15 @@ impl RunRecord {
             return format!("{} {} rep {}: FAILED: {first}", self.scenario, self.mode, self.rep);
         }
         let g = |k: &str| self.metrics.get(k).copied().unwrap_or(f64::NAN);
-        if self.scenario.starts_with("startup") {
+        if self.scenario == "idle" {
+            format!(
+                "idle {} rep {}: cpu {:.2} ms/min, {:.1} wake-ups/s",
+                self.mode,
+                self.rep,
+                g("idle_cpu_ms_per_min"),
+                g("idle_wakeups_per_s")
+            )
+        } else if self.scenario.starts_with("startup") {
             format!(
                 "{} {} rep {}: PortInitDone {:.1} ms, {} STATE_DB writes, cpu {:.1} ms",
                 self.scenario,
@@ -182,8 +190,12 @@ const STORM_RATIOS: [(&str, &str); 4] = [
 const STARTUP_RATIOS: [(&str, &str); 3] =
     [("port_init_done_ms", "PortInitDone"), ("cpu_us", "cpu"), ("state_db_writes", "STATE_DB writes")];
 
+const IDLE_RATIOS: [(&str, &str); 2] = [("idle_cpu_ms_per_min", "cpu/min"), ("idle_wakeups_per_s", "wake-ups/s")];
+
 fn ratio_keys(scenario: &str) -> &'static [(&'static str, &'static str)] {
-    if scenario.starts_with("startup") {
+    if scenario == "idle" {
+        &IDLE_RATIOS
+    } else if scenario.starts_with("startup") {
         &STARTUP_RATIOS
     } else {
         &STORM_RATIOS
@@ -234,7 +246,8 @@ pub fn targets(s: &Summary) -> Vec<Value> {
     for (sc, modes) in &s.scenarios {
         for (mode, g) in modes {
             for (prefix, key, limit, text) in TARGETS {
-                let applies = if prefix.is_empty() { !sc.starts_with("startup") } else { sc == prefix };
+                let storm = !sc.starts_with("startup") && sc != "idle";
+                let applies = if prefix.is_empty() { storm } else { sc == prefix };
                 if !applies {
                     continue;
                 }
@@ -267,8 +280,15 @@ pub fn table(s: &Summary, header: &str) -> String {
     let _ = writeln!(out, "\n{header}");
     for (sc, modes) in &s.scenarios {
         let startup = sc.starts_with("startup");
+        let idle = sc == "idle";
         let _ = writeln!(out, "\n== {sc} (medians) ==");
-        if startup {
+        if idle {
+            let _ = writeln!(
+                out,
+                "{:<12} {:>5} {:>12} {:>12} {:>15} {:>8}",
+                "mode", "reps", "cpu ms/min", "wake-ups/s", "preemptions/s", "secs"
+            );
+        } else if startup {
             let _ = writeln!(
                 out,
                 "{:<12} {:>5} {:>14} {:>12} {:>9} {:>11} {:>9} {:>14} {:>6}",
@@ -311,7 +331,18 @@ pub fn table(s: &Summary, header: &str) -> String {
                 let _ = writeln!(out, "{mode:<12} {reps:>5}  FAILED: {}", g.errors.join(" | "));
                 continue;
             }
-            if startup {
+            if idle {
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:>5} {:>12} {:>12} {:>15} {:>8}",
+                    mode,
+                    reps,
+                    fmt(m.get("idle_cpu_ms_per_min"), 1.0, 2),
+                    fmt(m.get("idle_wakeups_per_s"), 1.0, 1),
+                    fmt(m.get("idle_preemptions_per_s"), 1.0, 1),
+                    fmt(m.get("idle_secs"), 1.0, 1),
+                );
+            } else if startup {
                 let _ = writeln!(
                     out,
                     "{:<12} {:>5} {:>14} {:>12} {:>9} {:>11} {:>9} {:>14} {:>6}",

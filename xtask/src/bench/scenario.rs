@@ -64,6 +64,8 @@ pub struct Ctx {
     pub rounds: u32,
     /// Quiet time after which a run counts as settled.
     pub settle: Duration,
+    /// How long the idle daemon is measured after its warm restart.
+    pub idle: Duration,
     /// How long before the bench saw a kernel event a write may come and still belong to it.
     pub slack: Duration,
     /// Where to write each run's raw kernel events and STATE_DB writes (TSV), if anywhere.
@@ -521,6 +523,12 @@ pub fn run_startup(ctx: &Ctx, mode: &Mode) -> Vec<RunRecord> {
         restart(ctx, &mut env, mode, "startup-warm")
     })
     .unwrap_or_else(|e| RunRecord::failed("startup-warm", mode.label(), format!("{e:#}")));
+    let idle = if warm.ok {
+        super::guarded(|| idle(ctx, &mut env, mode))
+            .unwrap_or_else(|e| RunRecord::failed("idle", mode.label(), format!("{e:#}")))
+    } else {
+        RunRecord::failed("idle", mode.label(), "no warm restart to measure after".into())
+    };
     let cold = super::guarded(|| {
         if let Some(d) = env.dut.as_mut() {
             d.stop();
@@ -533,7 +541,46 @@ pub fn run_startup(ctx: &Ctx, mode: &Mode) -> Vec<RunRecord> {
     if let Some(d) = env.dut.as_mut() {
         d.stop();
     }
-    vec![warm, cold]
+    vec![warm, idle, cold]
+}
+
+/// Lets the warm-restarted daemon finish its after-work (eBPF attach, state save, backup sweep),
+/// then measures it over `ctx.idle` with nothing happening.
+fn idle(ctx: &Ctx, env: &mut Env, mode: &Mode) -> anyhow::Result<RunRecord> {
+    wait_interruptible(env, IDLE_AFTER_WORK)?;
+    let t0 = now_ns();
+    let (cpu0, cs0) = (env.dut()?.cpu()?, env.dut()?.context_switches());
+    let start = Instant::now();
+    wait_interruptible(env, ctx.idle)?;
+    let (cpu1, cs1) = (env.dut()?.cpu()?, env.dut()?.context_switches());
+    let (voluntary, involuntary) = cs1.since(&cs0);
+    let secs = start.elapsed().as_secs_f64();
+    let kev = env.kernel.events_since(t0);
+    let writes = env.keyspace.since(t0).into_iter().filter(|w| w.state_port().is_some()).count();
+    let mut notes = std::mem::take(&mut env.notes);
+    if !kev.is_empty() || writes > 0 {
+        notes.push(format!("not idle: {} kernel events, {writes} STATE_DB writes in the window", kev.len()));
+    }
+    let mut m = BTreeMap::new();
+    m.insert("idle_cpu_ms_per_min".into(), cpu1.since(cpu0).sched_ns as f64 / 1e6 * 60.0 / secs);
+    m.insert("idle_wakeups_per_s".into(), voluntary as f64 / secs);
+    m.insert("idle_preemptions_per_s".into(), involuntary as f64 / secs);
+    m.insert("idle_secs".into(), secs);
+    Ok(RunRecord::ok("idle", mode.label(), m, notes, false, Value::Null))
+}
+
+/// The warm-restarted daemon's work after PortInitDone (eBPF attach, state save, backup sweep)
+/// is over well within this, and so is the stats write that reports it (our idle tick is 5 s).
+const IDLE_AFTER_WORK: Duration = Duration::from_secs(8);
+
+/// Sleeps `d` in short steps, failing at once if the daemon exits or the user interrupts.
+fn wait_interruptible(env: &mut Env, d: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        env.ensure_alive("idle")?;
+        std::thread::sleep(POLL.min(end.saturating_duration_since(Instant::now())));
+    }
+    Ok(())
 }
 
 fn startup_env(ctx: &Ctx, mode: &Mode) -> anyhow::Result<Env> {
