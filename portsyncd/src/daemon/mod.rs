@@ -45,8 +45,8 @@ use crate::writer::Writer;
 /// How often stats are refreshed and timers checked while anything is in progress (see
 /// [`Daemon::tick_period`]).
 const TICK: Duration = Duration::from_millis(200);
-/// The same when idle (at most half systemd's watchdog period, whose pings the tick sends):
-/// each tick is a wake-up, and a switch's daemon is idle nearly always. Nothing waits on an idle
+/// The same when idle (at most the shortest period of the work the tick does: half systemd's
+/// watchdog period, the reconcile, histogram and state-save intervals): each tick is a wake-up, and a switch's daemon is idle nearly always. Nothing waits on an idle
 /// tick: events wake the loop at once, and whatever they leave in progress (a refused write, a
 /// lost Redis) brings the short tick back.
 const IDLE_TICK: Duration = Duration::from_secs(5);
@@ -510,7 +510,7 @@ impl Daemon {
 
     /// Nothing in progress: Redis up and nothing owed to it (no change pending or backing off,
     /// no resync or republication, PortInitDone written), and no other instance to keep in
-    /// step with. Then the loop ticks every [`IDLE_TICK`] (or half systemd's watchdog period, if
+    /// step with. Then the loop ticks every [`IDLE_TICK`] (or the shortest periodic interval, if
     /// shorter) and checks Redis every
     /// [`REDIS_CHECK_IDLE`]; events wake it at once either way.
     fn idle(&self) -> bool {
@@ -638,7 +638,14 @@ impl Daemon {
         let mut tick = crate::timer::PreciseTimer::new().map_err(Error::Timer)?;
         // Pinged from the loop itself, so a loop that stops turning stops the pings.
         let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
-        let idle_tick = watchdog.map_or(IDLE_TICK, |w| w.min(IDLE_TICK));
+        // Periodic work is checked on the tick: an idle tick never outlasts its period.
+        let idle_tick = [watchdog, self.cfg.reconcile_interval, Some(self.cfg.histogram_interval)]
+            .into_iter()
+            .flatten()
+            .chain([self.cfg.state_save_interval, IDLE_TICK])
+            .min()
+            .unwrap_or(IDLE_TICK)
+            .max(TICK);
         let mut next_tick = crate::clock::monotonic_ns() + self.tick_period(idle_tick).as_nanos() as u64;
         let mut events: Vec<PortEvent> = Vec::with_capacity(self.cfg.batch_max);
         let now = Instant::now();
@@ -695,9 +702,9 @@ impl Daemon {
                     if self.resync_due() {
                         self.resync().await?;
                     }
-                    // A refusal to retry or a lost Redis wants the short tick from now on.
-                    let soon = crate::clock::monotonic_ns() + self.tick_period(idle_tick).as_nanos() as u64;
-                    next_tick = next_tick.min(soon);
+                    // One short tick after events: the stats they changed go out within it, and a
+                    // refusal to retry or a lost Redis keeps the tick short from then on.
+                    next_tick = next_tick.min(crate::clock::monotonic_ns() + TICK.as_nanos() as u64);
                 }
                 r = tick.sleep_until(next_tick) => {
                     r.map_err(Error::Timer)?;
