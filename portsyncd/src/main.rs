@@ -55,7 +55,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     // every socket must start out in the ASIC's namespace.
     portsyncd::netns::enter_host_mode(&mut cfg)?;
     // One thread: the pipeline is one task, and a netlink socket's namespace is per process.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The blocking pool runs only the state-file save (at most once a minute): its thread
+    // need not idle 10 s (tokio's default) waking for nothing before it exits.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .build()?;
     rt.block_on(portsyncd::run(cfg))?;
     Ok(())
 }
