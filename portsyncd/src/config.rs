@@ -35,7 +35,7 @@ pub const DEFAULT_RCVBUF: usize = 16 * 1024 * 1024;
 /// Most events drained into one batch.
 pub const DEFAULT_BATCH_MAX: usize = 4096;
 /// Default longest storm poll interval (`--batch-linger-us`): see the README's benchmarks.
-pub const DEFAULT_BATCH_LINGER_US: u64 = 2000;
+pub const DEFAULT_BATCH_LINGER_US: u64 = 4000;
 pub use crate::warm_restart::state_file::{DEFAULT_BACKUPS as DEFAULT_STATE_BACKUPS, DEFAULT_STATE_FILE};
 /// State files older than this are stale.
 pub const DEFAULT_STATE_MAX_AGE_DAYS: u64 = crate::warm_restart::state_file::DEFAULT_MAX_AGE.as_secs() / 86_400;
