@@ -23,8 +23,11 @@ const KERNEL_BTF: &str = "/sys/kernel/btf";
 pub enum BtfAccess {
     /// Landlock kept the loader from reading it: no parse.
     Hidden,
-    /// Landlock is unavailable (kernel without it, or not enabled): the loader parsed it.
+    /// Landlock is unavailable (kernel without it, or not enabled), or the tree around the BTF
+    /// could not be listed: the loader parsed it.
     Readable,
+    /// The kernel publishes no BTF: nothing to hide, nothing parsed.
+    Absent,
 }
 
 /// Runs `load` on a new thread that cannot read [`KERNEL_BTF`], and returns its result with
@@ -52,9 +55,19 @@ pub fn run_without_kernel_btf<T: Send>(load: impl FnOnce() -> T + Send) -> (T, B
 }
 
 /// Restricts the calling thread (for good) so that it reads every file except those beneath
-/// `hidden`, an absolute path.
+/// `hidden`, an absolute path. Leaves it unrestricted where that cannot be said exactly: a
+/// directory on the way that cannot be listed would otherwise hide its whole tree.
 fn hide(hidden: &Path) -> Result<BtfAccess, RulesetError> {
-    let allowed = everything_but(hidden).unwrap_or_default();
+    if !hidden.exists() {
+        return Ok(BtfAccess::Absent);
+    }
+    let allowed = match everything_but(hidden) {
+        Ok(allowed) => allowed,
+        Err(error) => {
+            tracing::debug!(%error, "cannot list the tree around the kernel's BTF; the eBPF loader will parse it");
+            return Ok(BtfAccess::Readable);
+        }
+    };
     let read = AccessFs::ReadFile;
     let status = Ruleset::default()
         .handle_access(read)?
@@ -110,6 +123,24 @@ mod tests {
         got.sort();
         let want: Vec<PathBuf> = ["a/b/file", "a/b/kept", "a/c", "d"].iter().map(|p| root.join(p)).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn nothing_is_restricted_when_the_tree_cannot_be_listed_or_there_is_nothing_to_hide() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone/btf");
+        let (readable, access) = run_without_kernel_btf(|| std::fs::read("/proc/self/status").is_ok());
+        assert!(readable);
+        assert_ne!(access, BtfAccess::Absent);
+        // Nothing to hide: the thread (a scratch one, restrictions are for good) stays free.
+        let (outcome, reads) = std::thread::scope(|s| {
+            s.spawn(|| (hide(&missing).unwrap(), std::fs::read("/proc/self/status").is_ok())).join().unwrap()
+        });
+        assert_eq!((outcome, reads), (BtfAccess::Absent, true));
+        // A parent that exists but cannot be listed: `hidden` is a file, not a directory.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(everything_but(&file.join("btf")).is_err());
     }
 
     /// On a kernel with Landlock (CI's has it), the loader thread cannot read the BTF and can
