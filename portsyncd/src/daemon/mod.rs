@@ -46,9 +46,10 @@ use crate::writer::Writer;
 /// [`Daemon::tick_period`]).
 const TICK: Duration = Duration::from_millis(200);
 /// The same when idle (at most the shortest period of the work the tick does: half systemd's
-/// watchdog period, the reconcile, histogram and state-save intervals): each tick is a wake-up, and a switch's daemon is idle nearly always. Nothing waits on an idle
-/// tick: events wake the loop at once, and whatever they leave in progress (a refused write, a
-/// lost Redis) brings the short tick back.
+/// watchdog period, the reconcile, histogram and state-save intervals): each tick is a wake-up,
+/// and a switch's daemon is idle nearly always. Nothing waits on an idle tick: events wake the
+/// loop at once, and whatever they leave in progress (a refused write, a lost Redis) brings the
+/// short tick back.
 const IDLE_TICK: Duration = Duration::from_secs(5);
 /// Longest wait between reconnection attempts while Redis is unreachable.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(2);
@@ -181,7 +182,7 @@ fn select_capture(
             tracing::info!(
                 load_us = cap.load_duration().as_micros() as u64,
                 verify_us = cap.verify_duration().as_micros() as u64,
-                kernel_btf_parsed = cap.kernel_btf() == crate::ebpf::BtfAccess::Readable,
+                kernel_btf_parsed = cap.kernel_btf().parsed(),
                 ring_bytes = cfg.ring_bytes,
                 "capture mode: ebpf (socket filter attached)"
             );
@@ -511,8 +512,7 @@ impl Daemon {
     /// Nothing in progress: Redis up and nothing owed to it (no change pending or backing off,
     /// no resync or republication, PortInitDone written), and no other instance to keep in
     /// step with. Then the loop ticks every [`IDLE_TICK`] (or the shortest periodic interval, if
-    /// shorter) and checks Redis every
-    /// [`REDIS_CHECK_IDLE`]; events wake it at once either way.
+    /// shorter) and checks Redis every [`REDIS_CHECK_IDLE`]; events wake it at once either way.
     fn idle(&self) -> bool {
         self.redis.down_since.is_none()
             && !self.redis.republish_pending

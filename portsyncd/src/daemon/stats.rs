@@ -60,7 +60,7 @@ impl Daemon {
                 "other_instance": counters.other_instance,
                 "load_us": c.load_duration().as_micros() as u64,
                 "verify_us": c.verify_duration().as_micros() as u64,
-                "kernel_btf_parsed": c.kernel_btf() == crate::ebpf::BtfAccess::Readable,
+                "kernel_btf_parsed": c.kernel_btf().parsed(),
             })
         });
         let mut counters = self.counters;

@@ -30,6 +30,13 @@ pub enum BtfAccess {
     Absent,
 }
 
+impl BtfAccess {
+    /// Whether aya's loader parsed the kernel's BTF.
+    pub fn parsed(self) -> bool {
+        self == BtfAccess::Readable
+    }
+}
+
 /// Runs `load` on a new thread that cannot read [`KERNEL_BTF`], and returns its result with
 /// whether the restriction held. Panics in `load` propagate.
 pub fn run_without_kernel_btf<T: Send>(load: impl FnOnce() -> T + Send) -> (T, BtfAccess) {

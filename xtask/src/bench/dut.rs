@@ -81,23 +81,24 @@ impl Dut {
         }
     }
 
-    /// CPU used so far by the daemon (all threads; for an external daemon every process of its
-    /// process group).
-    pub fn cpu(&self) -> anyhow::Result<CpuSample> {
+    /// The daemon's processes: ours, every instance of a cluster, or every process of an
+    /// external daemon's process group.
+    fn pids(&self) -> Vec<i32> {
         match self {
-            Dut::Ours(d) => cpu_of(&[d.pid() as i32]),
-            Dut::Cluster(v) => cpu_of(&v.iter().map(|d| d.pid() as i32).collect::<Vec<_>>()),
-            Dut::External(e) => cpu_of(&pids_in_group(e.pgid)),
+            Dut::Ours(d) => vec![d.pid() as i32],
+            Dut::Cluster(v) => v.iter().map(|d| d.pid() as i32).collect(),
+            Dut::External(e) => pids_in_group(e.pgid),
         }
     }
 
-    /// Context switches of the daemon so far (as [`Self::cpu`], every process of an external one).
+    /// CPU used so far by the daemon (all threads of all its processes).
+    pub fn cpu(&self) -> anyhow::Result<CpuSample> {
+        cpu_of(&self.pids())
+    }
+
+    /// Context switches of the daemon's threads so far.
     pub fn context_switches(&self) -> Switches {
-        match self {
-            Dut::Ours(d) => switches_of(&[d.pid() as i32]),
-            Dut::Cluster(v) => switches_of(&v.iter().map(|d| d.pid() as i32).collect::<Vec<_>>()),
-            Dut::External(e) => switches_of(&pids_in_group(e.pgid)),
-        }
+        switches_of(&self.pids())
     }
 
     /// CPU used so far by each instance of a cluster (empty otherwise).
@@ -108,13 +109,9 @@ impl Dut {
         }
     }
 
-    /// Resident memory of the daemon (for an external daemon, of its process group).
+    /// Resident memory of the daemon (all its processes).
     pub fn rss_bytes(&self) -> u64 {
-        match self {
-            Dut::Ours(d) => rss_of(&[d.pid() as i32]),
-            Dut::Cluster(v) => rss_of(&v.iter().map(|d| d.pid() as i32).collect::<Vec<_>>()),
-            Dut::External(e) => rss_of(&pids_in_group(e.pgid)),
-        }
+        rss_of(&self.pids())
     }
 
     /// Our stats file (external daemons have none). A cluster's: instance 0's, with every
