@@ -26,6 +26,11 @@
 //!   the storm (an external daemon: every process of its process group); `cpu_us_ticks` is the
 //!   `/proc/<pid>/stat` utime+stime cross-check, at the 10 ms resolution of clock ticks, which is
 //!   too coarse for a storm that costs a few milliseconds. CPU per event = delta / kernel events.
+//! - Wake-ups and run-queue wait: per thread, `voluntary_ctxt_switches` (each a sleep, so a
+//!   later wake-up) and `schedstat`'s run-queue wait (time runnable but not running) before and
+//!   after the storm, of the daemon and of redis-server. `wakeups_per_event` shows how much of
+//!   CPU per event is a cost per wake-up; `runq_wait_us` and `redis_runq_wait_us` show how much
+//!   of the latency is the scheduler's, which no daemon can win back.
 //! - Redis commands: `INFO stats commandstats` before and after, on a server nobody else uses
 //!   meanwhile: the orchagent stand-in is stopped once the ports exist (its APPL_DB work is done),
 //!   the keyspace subscription was made before the first snapshot (pushes are not commands), the

@@ -57,24 +57,39 @@ pub fn rss_of(pids: &[i32]) -> u64 {
         .sum()
 }
 
-/// Context switches of each thread of a set of processes: tid -> (voluntary, involuntary). A
-/// voluntary switch is a sleep, so each one is later a wake-up.
+/// Scheduling counts of a thread, or their sum over threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sched {
+    /// Sleeps: each one is later a wake-up.
+    pub voluntary: u64,
+    /// Preemptions.
+    pub involuntary: u64,
+    /// Time spent runnable but waiting for a CPU (`schedstat`'s second field): how long the
+    /// scheduler kept a woken thread from running, whatever the thread itself does.
+    pub runq_wait_ns: u64,
+}
+
+/// Scheduling counts of each thread of a set of processes, by tid.
 #[derive(Debug, Clone, Default)]
-pub struct Switches(std::collections::BTreeMap<u64, (u64, u64)>);
+pub struct Switches(std::collections::BTreeMap<u64, Sched>);
 
 impl Switches {
-    /// (voluntary, involuntary) switches since `earlier`, of the threads alive now: a thread
-    /// that exited in between takes its counts with it (no process-wide total includes them),
-    /// so it is left out rather than subtracted.
-    pub fn since(&self, earlier: &Switches) -> (u64, u64) {
-        self.0.iter().fold((0, 0), |(v, i), (tid, (nv, ni))| {
-            let (ov, oi) = earlier.0.get(tid).copied().unwrap_or((0, 0));
-            (v + nv.saturating_sub(ov), i + ni.saturating_sub(oi))
+    /// The counts since `earlier`, summed over the threads alive now: a thread that exited in
+    /// between takes its counts with it (no process-wide total includes them), so it is left
+    /// out rather than subtracted.
+    pub fn since(&self, earlier: &Switches) -> Sched {
+        self.0.iter().fold(Sched::default(), |sum, (tid, now)| {
+            let old = earlier.0.get(tid).copied().unwrap_or_default();
+            Sched {
+                voluntary: sum.voluntary + now.voluntary.saturating_sub(old.voluntary),
+                involuntary: sum.involuntary + now.involuntary.saturating_sub(old.involuntary),
+                runq_wait_ns: sum.runq_wait_ns + now.runq_wait_ns.saturating_sub(old.runq_wait_ns),
+            }
         })
     }
 }
 
-/// Context switches of every thread of the processes `pids` so far.
+/// Scheduling counts of every thread of the processes `pids` so far.
 pub fn switches_of(pids: &[i32]) -> Switches {
     let mut s = Switches::default();
     for &pid in pids {
@@ -85,7 +100,18 @@ pub fn switches_of(pids: &[i32]) -> Switches {
             let field = |name: &str| {
                 text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
             };
-            s.0.insert(tid, (field("voluntary_ctxt_switches:"), field("nonvoluntary_ctxt_switches:")));
+            let runq_wait_ns = fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|st| st.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0);
+            s.0.insert(
+                tid,
+                Sched {
+                    voluntary: field("voluntary_ctxt_switches:"),
+                    involuntary: field("nonvoluntary_ctxt_switches:"),
+                    runq_wait_ns,
+                },
+            );
         }
     }
     s
@@ -196,9 +222,29 @@ mod tests {
     }
 
     #[test]
+    fn processes_competing_for_the_cpus_show_run_queue_wait() {
+        // One busy process more than there are CPUs: someone is always waiting for one. Processes,
+        // not threads of ours, so that the other tests' CPU figures of this process stay clean.
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+        let mut busy: Vec<_> = (0..n)
+            .map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap())
+            .collect();
+        let pids: Vec<i32> = busy.iter().map(|c| c.id() as i32).collect();
+        let before = switches_of(&pids);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let during = switches_of(&pids).since(&before);
+        for c in &mut busy {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(during.runq_wait_ns > 0, "{n} busy processes on fewer CPUs waited for none: {during:?}");
+    }
+
+    #[test]
     fn switches_since_leave_out_threads_that_exited_and_count_new_ones_whole() {
-        let earlier = Switches([(1, (10, 1)), (2, (50, 5))].into_iter().collect());
-        let now = Switches([(1, (14, 2)), (3, (3, 0))].into_iter().collect());
-        assert_eq!(now.since(&earlier), (4 + 3, 1));
+        let t = |voluntary, involuntary, runq_wait_ns| Sched { voluntary, involuntary, runq_wait_ns };
+        let earlier = Switches([(1, t(10, 1, 100)), (2, t(50, 5, 900))].into_iter().collect());
+        let now = Switches([(1, t(14, 2, 150)), (3, t(3, 0, 20))].into_iter().collect());
+        assert_eq!(now.since(&earlier), t(4 + 3, 1, 50 + 20));
     }
 }

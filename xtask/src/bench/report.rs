@@ -305,7 +305,7 @@ pub fn table(s: &Summary, header: &str) -> String {
         } else {
             let _ = writeln!(
                 out,
-                "{:<12} {:>5} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8}",
+                "{:<12} {:>5} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8} {:>7} {:>8} {:>8}",
                 "mode",
                 "reps",
                 "events",
@@ -321,7 +321,10 @@ pub fn table(s: &Summary, header: &str) -> String {
                 "undone",
                 "lag ms",
                 "wrong",
-                "storm ms"
+                "storm ms",
+                "wake/ev",
+                "runq ms",
+                "redis rq"
             );
         }
         for (mode, g) in modes {
@@ -359,7 +362,7 @@ pub fn table(s: &Summary, header: &str) -> String {
             } else {
                 let _ = writeln!(
                     out,
-                    "{:<12} {:>5} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8}{}",
+                    "{:<12} {:>5} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8} {:>7} {:>8} {:>8}{}",
                     mode,
                     reps,
                     fmt(m.get("kernel_events"), 1.0, 0),
@@ -376,6 +379,9 @@ pub fn table(s: &Summary, header: &str) -> String {
                     fmt(m.get("lag_us"), 1e3, 3),
                     fmt(m.get("ports_wrong"), 1.0, 0),
                     fmt(m.get("storm_ms"), 1.0, 0),
+                    fmt(m.get("wakeups_per_event"), 1.0, 3),
+                    fmt(m.get("runq_wait_us"), 1e3, 2),
+                    fmt(m.get("redis_runq_wait_us"), 1e3, 2),
                     if g.reps_incomplete > 0 { "  (latency incomplete: netlink overrun)" } else { "" },
                 );
             }

@@ -19,7 +19,7 @@ use super::dut::{Dut, Mode};
 use super::kernel::{KernelEvent, KernelListener, IFF_UP, RTM_NEWLINK};
 use super::keyspace::{KeyspaceRecorder, KsEvent, PORT_CONFIG_DONE, PORT_INIT_DONE};
 use super::now_ns;
-use super::procstat::CpuSample;
+use super::procstat::{switches_of, CpuSample, Sched};
 use super::redis_info::InfoSnapshot;
 use super::report::RunRecord;
 
@@ -382,6 +382,7 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     let cpu0 = env.dut()?.cpu()?;
     let cpu0_each = env.dut()?.cpu_per_instance()?;
     let stats0 = env.dut()?.stats();
+    let (sched0, redis_sched0) = (env.dut()?.context_switches(), switches_of(&[env.redis.pid() as i32]));
 
     let st = storm(scenario, ctx.ports, rounds);
     let t0 = now_ns();
@@ -397,6 +398,8 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     let settled = env.wait_settled(t_batch, ctx.settle, storm_timeout(st.carrier_changes), &kernel_ok)?;
 
     let cpu = env.dut()?.cpu()?.since(cpu0);
+    let sched = env.dut()?.context_switches().since(&sched0);
+    let redis_sched = switches_of(&[env.redis.pid() as i32]).since(&redis_sched0);
     let cpu_each: Vec<f64> = env
         .dut()?
         .cpu_per_instance()?
@@ -449,6 +452,10 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     m.insert("cpu_us".into(), cpu.sched_ns as f64 / 1e3);
     m.insert("cpu_us_ticks".into(), cpu.ticks_ns as f64 / 1e3);
     m.insert("cpu_us_per_event".into(), per_event(cpu.sched_ns as f64 / 1e3, events));
+    // Where CPU per event is a cost per wake-up, and where latency is the scheduler's.
+    m.insert("wakeups_per_event".into(), per_event(sched.voluntary as f64, events));
+    m.insert("runq_wait_us".into(), sched.runq_wait_ns as f64 / 1e3);
+    m.insert("redis_runq_wait_us".into(), redis_sched.runq_wait_ns as f64 / 1e3);
     if let Some(max) = cpu_each.iter().copied().reduce(f64::max) {
         // The busiest instance: what one core must sustain.
         m.insert("cpu_us_max_instance".into(), max);
@@ -553,7 +560,7 @@ fn idle(ctx: &Ctx, env: &mut Env, mode: &Mode) -> anyhow::Result<RunRecord> {
     let start = Instant::now();
     wait_interruptible(env, ctx.idle)?;
     let (cpu1, cs1) = (env.dut()?.cpu()?, env.dut()?.context_switches());
-    let (voluntary, involuntary) = cs1.since(&cs0);
+    let Sched { voluntary, involuntary, .. } = cs1.since(&cs0);
     let secs = start.elapsed().as_secs_f64();
     let kev = env.kernel.events_since(t0);
     let writes = env.keyspace.since(t0).into_iter().filter(|w| w.state_port().is_some()).count();
