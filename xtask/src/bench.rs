@@ -51,7 +51,8 @@
 //!   set admin-down). Time to PortInitDone = spawn to the daemon's write of APPL_DB
 //!   `_PORT_TABLE:PortInitDone`; `old_down_ms` = spawn to the last admin-down notification;
 //!   `state_db_writes` on warm restart must be 0. The daemon's own latency summary
-//!   (`daemon_latency_*`) covers its whole life, port set-up included.
+//!   (`daemon_latency_*`) covers its whole life, port set-up included. `--restart-pause-ms`
+//!   waits between the stop and each restart (default 0: at once).
 //! - idle: after the warm restart, once its own after-work is done (8 s), the daemon's CPU and
 //!   context switches (its wake-ups: voluntary ones are sleeps it woke from) over `--idle-secs`
 //!   with nothing happening, as CPU ms per minute and switches per second. A switch daemon is
@@ -143,6 +144,12 @@ pub struct Options {
     /// How long the startup scenario measures the daemon idle after its warm restart.
     #[arg(long, default_value_t = 10)]
     pub idle_secs: u64,
+    /// How long the startup scenario waits between stopping a daemon and restarting it. 0 (the
+    /// default) restarts at once, so the kernel may still be freeing what the stopped daemon
+    /// held (its eBPF ring and program) while the new one starts; a switch restarts a daemon
+    /// seconds after it stopped.
+    #[arg(long, default_value_t = 0)]
+    pub restart_pause_ms: u64,
     /// A STATE_DB write up to this long before the bench received a kernel event still belongs
     /// to it (latency 0): the bench's own wake-up delay, which a busy daemon does not pay.
     #[arg(long, default_value_t = 250)]
@@ -320,6 +327,7 @@ fn storm(opts: Options) -> anyhow::Result<()> {
         rounds: opts.rounds.max(1),
         settle: Duration::from_millis(opts.settle_ms),
         idle: Duration::from_secs(opts.idle_secs.max(1)),
+        restart_pause: Duration::from_millis(opts.restart_pause_ms),
     };
     let reps = opts.reps.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
     let scenarios = scenarios(&opts);
@@ -394,6 +402,7 @@ fn storm(opts: Options) -> anyhow::Result<()> {
             "compare_cmd": opts.compare_cmd,
             "settle_ms": opts.settle_ms,
             "idle_secs": opts.idle_secs,
+            "restart_pause_ms": opts.restart_pause_ms,
             "daemon": bin,
         });
         let doc = report::json_doc(config, host_info(), &runs, &summary);

@@ -66,6 +66,8 @@ pub struct Ctx {
     pub settle: Duration,
     /// How long the idle daemon is measured after its warm restart.
     pub idle: Duration,
+    /// Wait between stopping a daemon and restarting it.
+    pub restart_pause: Duration,
     /// How long before the bench saw a kernel event a write may come and still belong to it.
     pub slack: Duration,
     /// Where to write each run's raw kernel events and STATE_DB writes (TSV), if anywhere.
@@ -605,6 +607,7 @@ fn startup_env(ctx: &Ctx, mode: &Mode) -> anyhow::Result<Env> {
 
 fn restart(ctx: &Ctx, env: &mut Env, mode: &Mode, label: &str) -> anyhow::Result<RunRecord> {
     let cold = label.ends_with("cold");
+    std::thread::sleep(ctx.restart_pause);
     let t0 = env.spawn(mode)?;
     let start = Instant::now();
     let deadline = init_done_timeout(ctx.ports);
