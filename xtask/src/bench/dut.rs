@@ -14,7 +14,7 @@ use portsyncd_e2e::netns::ip_bin;
 use portsyncd_e2e::{Capture, Daemon, DaemonOpts, NetNs, RedisServer, Stats};
 use std::os::unix::process::CommandExt;
 
-use super::procstat::{cpu_of, pids_in_group, rss_of, switches_of, CpuSample, Switches};
+use super::procstat::{cpu_of, pids_in_group, rss_of, sched_of, CpuSample, SchedSample};
 
 /// What runs in one mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,9 +96,9 @@ impl Dut {
         cpu_of(&self.pids())
     }
 
-    /// Context switches of the daemon's threads so far.
-    pub fn context_switches(&self) -> Switches {
-        switches_of(&self.pids())
+    /// Context switches and run-queue wait of the daemon's threads so far.
+    pub fn sched(&self) -> SchedSample {
+        sched_of(&self.pids())
     }
 
     /// CPU used so far by each instance of a cluster (empty otherwise).

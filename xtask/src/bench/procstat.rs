@@ -1,6 +1,6 @@
 //! CPU time of the daemon under test: a set of pids in, nanoseconds on CPU out, both from each
 //! process's CPU-time clock (ns resolution, threads that exited included) and from `stat`
-//! utime+stime (clock ticks).
+//! utime+stime (clock ticks); and its threads' context switches and run-queue wait.
 
 use std::fs;
 
@@ -71,13 +71,13 @@ pub struct Sched {
 
 /// Scheduling counts of each thread of a set of processes, by tid.
 #[derive(Debug, Clone, Default)]
-pub struct Switches(std::collections::BTreeMap<u64, Sched>);
+pub struct SchedSample(std::collections::BTreeMap<u64, Sched>);
 
-impl Switches {
+impl SchedSample {
     /// The counts since `earlier`, summed over the threads alive now: a thread that exited in
     /// between takes its counts with it (no process-wide total includes them), so it is left
     /// out rather than subtracted.
-    pub fn since(&self, earlier: &Switches) -> Sched {
+    pub fn since(&self, earlier: &SchedSample) -> Sched {
         self.0.iter().fold(Sched::default(), |sum, (tid, now)| {
             let old = earlier.0.get(tid).copied().unwrap_or_default();
             Sched {
@@ -90,8 +90,8 @@ impl Switches {
 }
 
 /// Scheduling counts of every thread of the processes `pids` so far.
-pub fn switches_of(pids: &[i32]) -> Switches {
-    let mut s = Switches::default();
+pub fn sched_of(pids: &[i32]) -> SchedSample {
+    let mut s = SchedSample::default();
     for &pid in pids {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
         for t in tasks.flatten() {
@@ -230,9 +230,9 @@ mod tests {
             .map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap())
             .collect();
         let pids: Vec<i32> = busy.iter().map(|c| c.id() as i32).collect();
-        let before = switches_of(&pids);
+        let before = sched_of(&pids);
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let during = switches_of(&pids).since(&before);
+        let during = sched_of(&pids).since(&before);
         for c in &mut busy {
             let _ = c.kill();
             let _ = c.wait();
@@ -243,8 +243,8 @@ mod tests {
     #[test]
     fn switches_since_leave_out_threads_that_exited_and_count_new_ones_whole() {
         let t = |voluntary, involuntary, runq_wait_ns| Sched { voluntary, involuntary, runq_wait_ns };
-        let earlier = Switches([(1, t(10, 1, 100)), (2, t(50, 5, 900))].into_iter().collect());
-        let now = Switches([(1, t(14, 2, 150)), (3, t(3, 0, 20))].into_iter().collect());
+        let earlier = SchedSample([(1, t(10, 1, 100)), (2, t(50, 5, 900))].into_iter().collect());
+        let now = SchedSample([(1, t(14, 2, 150)), (3, t(3, 0, 20))].into_iter().collect());
         assert_eq!(now.since(&earlier), t(4 + 3, 1, 50 + 20));
     }
 }

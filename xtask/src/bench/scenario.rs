@@ -19,7 +19,7 @@ use super::dut::{Dut, Mode};
 use super::kernel::{KernelEvent, KernelListener, IFF_UP, RTM_NEWLINK};
 use super::keyspace::{KeyspaceRecorder, KsEvent, PORT_CONFIG_DONE, PORT_INIT_DONE};
 use super::now_ns;
-use super::procstat::{switches_of, CpuSample, Sched};
+use super::procstat::{sched_of, CpuSample, Sched};
 use super::redis_info::InfoSnapshot;
 use super::report::RunRecord;
 
@@ -384,7 +384,7 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     let cpu0 = env.dut()?.cpu()?;
     let cpu0_each = env.dut()?.cpu_per_instance()?;
     let stats0 = env.dut()?.stats();
-    let (sched0, redis_sched0) = (env.dut()?.context_switches(), switches_of(&[env.redis.pid() as i32]));
+    let (sched0, redis_sched0) = (env.dut()?.sched(), sched_of(&[env.redis.pid() as i32]));
 
     let st = storm(scenario, ctx.ports, rounds);
     let t0 = now_ns();
@@ -400,8 +400,8 @@ pub fn run_storm(ctx: &Ctx, scenario: Scenario, mode: &Mode) -> anyhow::Result<R
     let settled = env.wait_settled(t_batch, ctx.settle, storm_timeout(st.carrier_changes), &kernel_ok)?;
 
     let cpu = env.dut()?.cpu()?.since(cpu0);
-    let sched = env.dut()?.context_switches().since(&sched0);
-    let redis_sched = switches_of(&[env.redis.pid() as i32]).since(&redis_sched0);
+    let sched = env.dut()?.sched().since(&sched0);
+    let redis_sched = sched_of(&[env.redis.pid() as i32]).since(&redis_sched0);
     let cpu_each: Vec<f64> = env
         .dut()?
         .cpu_per_instance()?
@@ -558,10 +558,10 @@ pub fn run_startup(ctx: &Ctx, mode: &Mode) -> Vec<RunRecord> {
 fn idle(ctx: &Ctx, env: &mut Env, mode: &Mode) -> anyhow::Result<RunRecord> {
     wait_interruptible(env, IDLE_AFTER_WORK)?;
     let t0 = now_ns();
-    let (cpu0, cs0) = (env.dut()?.cpu()?, env.dut()?.context_switches());
+    let (cpu0, cs0) = (env.dut()?.cpu()?, env.dut()?.sched());
     let start = Instant::now();
     wait_interruptible(env, ctx.idle)?;
-    let (cpu1, cs1) = (env.dut()?.cpu()?, env.dut()?.context_switches());
+    let (cpu1, cs1) = (env.dut()?.cpu()?, env.dut()?.sched());
     let Sched { voluntary, involuntary, .. } = cs1.since(&cs0);
     let secs = start.elapsed().as_secs_f64();
     let kev = env.kernel.events_since(t0);
